@@ -1,0 +1,62 @@
+"""pc3d-train / tools/train.py: train a model from a config (single process or torchrun DDP).
+
+    tools/train.py CONFIG [--set key.path=value ...] [--work-dir DIR] [--resume [CKPT]] [--data-root DIR]
+    torchrun --nproc_per_node 2 tools/train.py CONFIG ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--work-dir", type=Path, help="default: work_dirs/<config stem>")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from CKPT, or from WORK_DIR/latest.pth when no path is given")
+    p.add_argument("--data-root", help="use this copy of the config's dataset")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--eval", action="store_true", help="evaluate on the validation split after training")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the training summary (and metrics) as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from pc3d.config import load_config
+    from pc3d.engine.distributed import cleanup, init_distributed
+    from pc3d.engine.trainer import Trainer
+    from pc3d.models.build import build_model
+
+    cfg = load_config(args.config, args.overrides)
+    work_dir = args.work_dir or Path("work_dirs") / args.config.stem
+    dist_info = init_distributed(args.device)
+    try:
+        trainer = Trainer(cfg, build_model(cfg), work_dir, dist_info, args.data_root, progress=not args.no_progress)
+        if args.resume:
+            ckpt = Path(work_dir) / "latest.pth" if args.resume == "latest" else Path(args.resume)
+            trainer.resume(ckpt)
+        summary = trainer.train()
+        if args.eval:
+            from pc3d.engine.evaluate import detection_metrics, predict_dataset
+            from pc3d.data.build import build_dataset
+            val = build_dataset(cfg["dataset"], cfg["dataset"].get("val_split", "val"), None, args.data_root)
+            result = predict_dataset(trainer.eval_model(), val, dist_info)
+            if result is not None:
+                summary["metrics"] = detection_metrics(result[0], result[1], cfg["dataset"]["class_names"])
+        if dist_info.is_main:
+            print(json.dumps(summary, indent=None if args.json else 2))
+            print(f"checkpoints and logs: {work_dir}", file=sys.stderr)
+    finally:
+        cleanup(dist_info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Run a detector over a dataset split (sharded under torchrun) and compute metrics on rank 0."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from pc3d.engine.distributed import DistInfo, gather_to_main
+from pc3d.structures import Boxes3D, collate
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return i, self.dataset[i]
+
+
+def _collate_indexed(items):
+    return [i for i, _ in items], collate([f for _, f in items])
+
+
+@torch.no_grad()
+def predict_dataset(model: torch.nn.Module, dataset, dist_info: DistInfo = DistInfo(), batch_size: int = 1,
+                    num_workers: int = 0, progress: bool = True) -> tuple[list[Boxes3D], list[Boxes3D], float] | None:
+    """Predictions and ground truths for every frame, in dataset order, on rank 0 (None elsewhere).
+
+    Returns `(predictions, ground_truths, seconds_per_frame)`.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=False)
+    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        collate_fn=_collate_indexed)
+    local = {}
+    start = time.perf_counter()
+    for indices, batch in tqdm(loader, desc="eval", disable=not (progress and dist_info.is_main), dynamic_ncols=True):
+        outputs = model(batch.to(dist_info.device))
+        for index, boxes, gt in zip(indices, outputs, batch.gt_boxes):
+            local[index] = (boxes.to("cpu"), gt.to("cpu") if gt is not None else None)
+    seconds = (time.perf_counter() - start) / max(1, len(local))
+    gathered = gather_to_main(local, dist_info)
+    if gathered is None:
+        return None
+    merged = {}
+    for part in gathered:
+        merged.update(part)  # the sampler pads with repeats; keys dedupe them
+    order = sorted(merged)
+    return [merged[i][0] for i in order], [merged[i][1] for i in order], seconds
+
+
+def detection_metrics(predictions: list[Boxes3D], ground_truths: list[Boxes3D], class_names) -> dict:
+    """Waymo-style AP/APH (LEVEL_1/LEVEL_2) keyed by the official breakdown names."""
+    from pc3d.evaluation.waymo_metric import waymo_metrics
+
+    return waymo_metrics(predictions, ground_truths, class_names)
