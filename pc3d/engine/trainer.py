@@ -130,7 +130,7 @@ def loss_parts(output) -> tuple[torch.Tensor, dict[str, float]]:
     parts = {}
     raw = getattr(output, "parts", None)
     if isinstance(raw, dict):
-        parts = {k: float(v) for k, v in raw.items()}
+        parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in raw.items()}
     return total, parts
 
 
@@ -281,7 +281,7 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        return {"loss": float(total), "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], **parts}
+        return {"loss": float(total.detach()), "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], **parts}
 
     def _log_scalars(self, values: dict, rate: float) -> None:
         for key, value in values.items():
