@@ -11,9 +11,9 @@ def build_model(cfg: dict) -> torch.nn.Module:
         raise ConfigError(f"{cfg.get('_source_', 'config')}: has no 'model' section")
     if "dataset" not in cfg:
         raise ConfigError(f"{cfg.get('_source_', 'config')}: has no 'dataset' section (class_names, point_features)")
-    from pc3d.models.detector import build_detector
+    from pc3d.models.detector import Detector
 
-    return build_detector(cfg["model"], cfg["dataset"]["class_names"], cfg["dataset"]["point_features"])
+    return Detector.from_config(cfg)
 
 
 def load_weights(model: torch.nn.Module, path, prefer_ema: bool = True) -> dict:
