@@ -20,13 +20,16 @@ CONVERTERS = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True)
-    modules = {}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
     for name, (module_name, help_text) in CONVERTERS.items():
-        module = importlib.import_module(module_name)
-        modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=help_text))
+        sub_parser = sub.add_parser(name, help=help_text)
+        if name == chosen:  # import only the converter that runs: one broken converter cannot block the others
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
     args = parser.parse_args(argv)
-    return modules[args.dataset].run(args) or 0
+    return module.run(args) or 0
 
 
 if __name__ == "__main__":

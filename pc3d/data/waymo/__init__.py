@@ -1,0 +1,1 @@
+"""Waymo Open Dataset without TensorFlow: frames -> points/boxes, range images, the converter."""
