@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pc3d-installed
 # Debian packages: libusb for `import open3d`, Mesa EGL for headless Open3D rendering.
-APT_PACKAGES := libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1
+APT_PACKAGES := libusb-1.0-0 libgl1 libegl1 libx11-6 libudev1 libegl-mesa0 libgl1-mesa-dri libgbm1
 PYTEST_ARGS ?=
 
 .PHONY: demo test install system-deps test-slow bench clean
