@@ -37,14 +37,15 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "pc3d-train=pc3d.cli:train",
-            "pc3d-test=pc3d.cli:test",
-            "pc3d-infer=pc3d.cli:infer",
-            "pc3d-create-data=pc3d.cli:create_data",
-            "pc3d-visualize=pc3d.cli:visualize",
-            "pc3d-register=pc3d.cli:register",
-            "pc3d-export=pc3d.cli:export",
-            "pc3d-eval-waymo=pc3d.cli:eval_waymo",
+            "pc3d-train=pc3d.cli.train:main",
+            "pc3d-test=pc3d.cli.test:main",
+            "pc3d-infer=pc3d.cli.infer:main",
+            "pc3d-demo=pc3d.cli.demo:main",
+            "pc3d-create-data=pc3d.cli.create_data:main",
+            "pc3d-visualize=pc3d.cli.visualize:main",
+            "pc3d-register=pc3d.cli.register:main",
+            "pc3d-export=pc3d.cli.export:main",
+            "pc3d-eval-waymo=pc3d.cli.eval_waymo:main",
         ]
     },
 )

@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Convert or generate datasets into the pc3d on-disk format.
+
+    tools/create_data.py synthetic --out DIR --frames N --seed S [--split val]
+    tools/create_data.py waymo --root SEGMENTS_DIR --out DIR [--workers N]
+    tools/create_data.py registration --out DIR --pairs N --seed S
+"""
+import argparse
+import importlib
+import sys
+
+# subcommand -> module providing add_arguments(parser) and run(args)
+CONVERTERS = {
+    "synthetic": ("pc3d.data.synthetic.writer", "synthetic LiDAR frames with labels (the embedded default dataset)"),
+    "registration": ("pc3d.data.synthetic.registration_pairs", "synthetic registration pairs in the 3DMatch layout"),
+    "waymo": ("pc3d.data.waymo.convert", "Waymo Open Dataset segments (.tfrecord) without TensorFlow"),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="dataset", required=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    for name, (module_name, help_text) in CONVERTERS.items():
+        sub_parser = sub.add_parser(name, help=help_text)
+        if name == chosen:  # import only the converter that runs: one broken converter cannot block the others
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+    args = parser.parse_args(argv)
+    return module.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""pc3d-eval-waymo / tools/eval_waymo.py: Waymo AP/APH of a submission file (see pc3d.evaluation.waymo_metric)."""
+import sys
+
+
+def main(argv=None) -> int:
+    from pc3d.evaluation.waymo_metric import cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
