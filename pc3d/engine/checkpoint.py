@@ -8,6 +8,7 @@ save never replaces the last good checkpoint with a partial one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def load_checkpoint(path, trusted: bool = False) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            raise CheckpointError(f"{path}: holds Python objects beyond tensors and plain values; refusing to unpickle "
+                                  "them (a pc3d checkpoint never needs that)") from err
+        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt, truncated or not a torch file): {err}") from err
     except Exception as err:  # torch raises many types for truncated / foreign files
         raise CheckpointError(f"{path}: cannot read checkpoint (corrupt, truncated or not a torch file): "
                               f"{type(err).__name__}: {str(err)[:200]}") from err
@@ -70,13 +76,16 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict, source: str) ->
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    """Every generator's state, as tensors and plain Python values (loadable with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -190,7 +190,7 @@ class Trainer:
         return path
 
     def resume(self, path) -> None:
-        state = load_checkpoint(path, trusted=True)
+        state = load_checkpoint(path)
         load_model_weights(self.model, state["model"], str(path))
         for key in ("optimizer", "scheduler", "rng", "step", "epoch"):
             if key not in state:
