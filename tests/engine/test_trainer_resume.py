@@ -118,3 +118,18 @@ def test_unknown_train_key(tmp_path):
     cfg["train"]["epohcs"] = 3
     with pytest.raises(ValueError, match="epohcs.*did you mean 'epochs'"):
         Trainer(cfg, ToyDetector(), tmp_path / "w", progress=False)
+
+
+@pytest.mark.slow
+def test_resume_2k_steps_is_bit_exact(tmp_path):
+    """The issue's protocol at full length: 2k steps straight == 1k + resume + 1k (toy detector, CPU)."""
+    write_toy_dataset(tmp_path / "data")
+    cfg = toy_config(tmp_path / "data", 2000)
+    cfg["train"]["log_every"] = 500
+    straight = run(cfg, tmp_path / "a")
+    cfg_b = toy_config(tmp_path / "data", 2000)
+    cfg_b["train"].update(log_every=500, checkpoint_every_steps=1000)
+    run(cfg_b, tmp_path / "b")
+    resumed = run(cfg, tmp_path / "c", resume=tmp_path / "b" / "step_0001000.pth")
+    for a, c in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, c)

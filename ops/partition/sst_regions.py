@@ -1,0 +1,90 @@
+"""SST regional grouping (Fan et al., "Embracing Single Stride 3D Object Detector with Sparse
+Transformer").
+
+Windows are bucketed by their voxel count into a few token budgets ("drop levels"). SST's drop
+policy: a window whose count `N` lies in `[lower, upper)` of level `l` is padded to `max_tokens[l]`
+slots; when `N > max_tokens[l]` (possible in the last, open-ended level, or with a budget below the
+range) the voxels of in-window rank `>= max_tokens[l]` are **dropped** from attention. Ranks follow
+the order of appearance of the voxel rows (shuffle the rows beforehand to drop at random, as SST
+does in training). A window matching no level drops all its voxels.
+
+Default levels are SST's Waymo training setting: (30 tokens for 0-30 voxels, 60 for 30-60, 100 for
+60 and more).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+from .windows import sorted_segments, window_partition
+
+DEFAULT_DROP_LEVELS = ((30, 0, 30), (60, 30, 60), (100, 60, 1 << 40))
+
+
+class SSTLevel(NamedTuple):
+    """voxel_index: (W_l, max_tokens) int64; key_padding_mask: (W_l, max_tokens) bool (True = padding);
+    window_id: (W_l,) int64."""
+
+    voxel_index: torch.Tensor
+    key_padding_mask: torch.Tensor
+    window_id: torch.Tensor
+
+
+class SSTRegions(NamedTuple):
+    """levels: one `SSTLevel` per drop level; keep_mask: (V,) bool, False for dropped voxels;
+    level_of_voxel: (V,) int64 (-1 when the window matches no level); coords_in_window: (V, 3)."""
+
+    levels: tuple
+    keep_mask: torch.Tensor
+    level_of_voxel: torch.Tensor
+    coords_in_window: torch.Tensor
+
+
+def _check_levels(drop_levels) -> tuple[tuple[int, int, int], ...]:
+    levels = tuple(tuple(int(v) for v in level) for level in drop_levels)
+    if not levels or any(len(level) != 3 for level in levels):
+        raise ValueError(f"drop_levels: expected a non-empty sequence of (max_tokens, lower, upper), got {drop_levels}")
+    for max_tokens, lower, upper in levels:
+        if max_tokens < 1 or lower < 0 or upper <= lower:
+            raise ValueError(f"drop_levels: invalid level (max_tokens={max_tokens}, lower={lower}, upper={upper})")
+    return levels
+
+
+def sst_region_groups(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape: Sequence[int],
+                      shift: Sequence[int] = (0, 0, 0),
+                      drop_levels: Sequence[Sequence[int]] = DEFAULT_DROP_LEVELS) -> SSTRegions:
+    """Bucket the windows of `coords` (V, 4) (batch, z, y, x) into SST's token budgets.
+
+    drop_levels: sequence of (max_tokens, lower, upper); a window with `lower <= N < upper` voxels
+    belongs to the level.
+    """
+    levels = _check_levels(drop_levels)
+    part = window_partition(coords, sparse_shape, window_shape, shift)
+    seg = sorted_segments(part.window_id)          # stable sort keeps the order of appearance
+    device = part.window_id.device
+    counts = seg.counts
+    window_level = torch.full_like(counts, -1)
+    window_budget = torch.zeros_like(counts)
+    for index, (max_tokens, lower, upper) in enumerate(levels):
+        hit = (counts >= lower) & (counts < upper) & (window_level < 0)
+        window_level = torch.where(hit, torch.full_like(counts, index), window_level)
+        window_budget = torch.where(hit, torch.full_like(counts, max_tokens), window_budget)
+    keep_sorted = seg.rank < window_budget[seg.segment]
+    keep_mask = torch.empty_like(keep_sorted)
+    keep_mask[seg.order] = keep_sorted
+    level_of_voxel = torch.empty_like(part.window_id)
+    level_of_voxel[seg.order] = window_level[seg.segment]
+
+    out = []
+    for index, (max_tokens, _, _) in enumerate(levels):
+        windows = torch.nonzero(window_level == index).reshape(-1)
+        n = counts[windows][:, None]
+        slot = torch.arange(max_tokens, device=device)[None, :]
+        # padding slots point at the window's last kept voxel so gathers stay in range
+        rank = torch.minimum(slot, torch.minimum(n, torch.full_like(n, max_tokens)) - 1)
+        voxel_index = seg.order[seg.starts[windows][:, None] + rank]
+        mask = slot >= n
+        window_id = part.window_id[seg.order[seg.starts[windows]]]
+        out.append(SSTLevel(voxel_index, mask.expand_as(voxel_index).clone(), window_id))
+    return SSTRegions(tuple(out), keep_mask, level_of_voxel, part.coords_in_window)
