@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: test workloads are tiny, and numba's OpenMP workers plus torch's pool oversubscribe 2 cores.
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PC3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

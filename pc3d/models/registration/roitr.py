@@ -1,0 +1,355 @@
+"""RoITr (Rotation-Invariant Transformer for point cloud matching, Yu et al. CVPR 2023) in plain PyTorch.
+
+Pipeline for one (src, ref) pair, each `(N, 3)` points with `(N, 3)` normals:
+1. PPF encoder: levels with strides (1, 4, 4, 4) (FPS), widths (64, 128, 256, 256), kNN (8, 16, 16, 16);
+   input features are all ones, so only PPFs carry geometry -> rotation invariant.
+2. Decoder: 3-NN interpolation back to the fine level (`fine_level`, default 1) with skip connections.
+3. Global transformer on superpoints (coarsest level): [self-attention with the geometric structure
+   embedding, cross-attention with the rotation-invariant PPF position] x num_blocks.
+4. Matching: superpoint top-k with dual normalisation, patches = kNN fine points of each superpoint,
+   log-domain Sinkhorn with a learnable dustbin per matched patch pair, mutual top-k correspondences.
+5. Pose: LGR (default), weighted SVD or RANSAC (`pose.py`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pc3d.ops.point_ops import estimate_normals, farthest_point_sample, three_nn_interpolate
+
+from .api import Registration, RegistrationResult, validate_cloud
+from .geometric_embedding import GeometricStructureEmbedding, RotationInvariantPosition
+from .matching import build_patches, mutual_topk_correspondences, superpoint_matching
+from .optimal_transport import LearnableLogOptimalTransport
+from .pose import local_to_global_registration, ransac_correspondences, weighted_svd
+from .ppf_attention import LocalPPFAttention, PointInstanceNorm, neighbourhood_ppf
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[3] / "checkpoints" / "roitr_synthetic_tiny.pth"
+
+
+@dataclass
+class RoITrConfig:
+    """Model + matching hyper-parameters (the published values; the shipped tiny model shrinks widths)."""
+
+    num_points: int = 2048                       # FPS samples of each input cloud (level 0)
+    strides: tuple = (1, 4, 4, 4)
+    widths: tuple = (64, 128, 256, 256)
+    knn: tuple = (8, 16, 16, 16)
+    distance_scale: float = 0.5                  # PPF distance unit (m)
+    fine_level: int = 1
+    global_dim: int = 256
+    num_heads: int = 4
+    num_blocks: int = 3
+    sigma_d: float = 0.2
+    sigma_a: float = 15.0
+    angle_k: int = 3
+    position_k: int = 8
+    num_superpoint_matches: int = 64
+    patch_size: int = 16
+    sinkhorn_iterations: int = 100
+    mutual_k: int = 3
+    confidence_threshold: float = 0.05
+    inlier_threshold: float = 0.1
+    refine_iterations: int = 5
+    normal_k: int = 33
+
+    def __post_init__(self):
+        self.strides = tuple(int(s) for s in self.strides)
+        self.widths = tuple(int(w) for w in self.widths)
+        self.knn = tuple(int(k) for k in self.knn)
+        if not (len(self.strides) == len(self.widths) == len(self.knn)):
+            raise ValueError("strides/widths/knn: must have the same length")
+        if not 0 <= self.fine_level < len(self.widths) - 1:
+            raise ValueError(f"fine_level: must be in [0, {len(self.widths) - 2}]")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RoITrConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"RoITrConfig: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class Pyramid:
+    """Non-learned geometry of one cloud: per level xyz/normals, FPS indices into the previous level,
+    self-neighbourhoods and down-sampling neighbourhoods with their PPFs."""
+
+    xyz: list
+    normals: list
+    sample_index: list      # level l>0: (N_l,) indices into level l-1
+    self_index: list
+    self_ppf: list
+    down_index: list        # level l>0: (N_l, k_l) indices into level l-1
+    down_ppf: list
+
+
+def build_pyramid(xyz: torch.Tensor, normals: torch.Tensor, config: RoITrConfig) -> Pyramid:
+    """Levels of FPS sub-sampling (rotation-invariant start) and their kNN PPFs."""
+    pyr = Pyramid([xyz], [normals], [None], [], [], [None], [None])
+    for level, (stride, k) in enumerate(zip(config.strides, config.knn)):
+        if level > 0:
+            prev_xyz, prev_n = pyr.xyz[-1], pyr.normals[-1]
+            idx = farthest_point_sample(prev_xyz, max(prev_xyz.shape[0] // stride, 1))
+            q_xyz, q_n = prev_xyz[idx], prev_n[idx]
+            d_idx, d_ppf = neighbourhood_ppf(q_xyz, q_n, prev_xyz, prev_n, k)
+            pyr.xyz.append(q_xyz)
+            pyr.normals.append(q_n)
+            pyr.sample_index.append(idx)
+            pyr.down_index.append(d_idx)
+            pyr.down_ppf.append(d_ppf)
+        s_idx, s_ppf = neighbourhood_ppf(pyr.xyz[level], pyr.normals[level], pyr.xyz[level], pyr.normals[level], k)
+        pyr.self_index.append(s_idx)
+        pyr.self_ppf.append(s_ppf)
+    return pyr
+
+
+class PPFBackbone(nn.Module):
+    """PPF-attention encoder-decoder. `forward(pyramid) -> (fine features (N_fine, widths[fine]), coarse (N_c, widths[-1]))`."""
+
+    def __init__(self, config: RoITrConfig):
+        super().__init__()
+        self.config = config
+        w = config.widths
+        self.input_proj = nn.Linear(1, w[0])
+        self.blocks = nn.ModuleList([LocalPPFAttention(w[l], w[l], config.distance_scale) for l in range(len(w))])
+        self.downs = nn.ModuleList([nn.Identity()] + [LocalPPFAttention(w[l - 1], w[l], config.distance_scale)
+                                                      for l in range(1, len(w))])
+        self.ups = nn.ModuleDict()
+        for l in range(len(w) - 2, config.fine_level - 1, -1):
+            self.ups[str(l)] = nn.ModuleDict({
+                "skip": nn.Linear(w[l], w[l]), "coarse": nn.Linear(w[l + 1], w[l]), "norm": PointInstanceNorm(w[l]),
+                "block": LocalPPFAttention(w[l], w[l], config.distance_scale)})
+
+    def forward(self, pyr: Pyramid):
+        n0 = pyr.xyz[0].shape[0]
+        feats = self.input_proj(torch.ones(n0, 1, dtype=pyr.xyz[0].dtype, device=pyr.xyz[0].device))
+        feats = self.blocks[0](feats, feats, pyr.self_index[0], pyr.self_ppf[0])
+        skips = [feats]
+        for l in range(1, len(self.blocks)):
+            prev = skips[-1]
+            feats = self.downs[l](prev[pyr.sample_index[l]], prev, pyr.down_index[l], pyr.down_ppf[l])
+            feats = self.blocks[l](feats, feats, pyr.self_index[l], pyr.self_ppf[l])
+            skips.append(feats)
+        coarse = skips[-1]
+        up = coarse
+        for l in range(len(skips) - 2, self.config.fine_level - 1, -1):
+            mod = self.ups[str(l)]
+            interp = three_nn_interpolate(pyr.xyz[l], pyr.xyz[l + 1], up)
+            up = F.relu(mod["norm"](mod["skip"](skips[l]) + mod["coarse"](interp)))
+            up = mod["block"](up, up, pyr.self_index[l], pyr.self_ppf[l])
+        return up, coarse
+
+
+class _Attention(nn.Module):
+    """Multi-head attention with an optional relative embedding added to the keys (GeoTransformer RPE)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"global_dim {dim} not divisible by num_heads {heads}")
+        self.dim, self.heads = dim, heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.rel = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        # per-cloud instance norm, not LayerNorm: with LayerNorm the superpoint features collapsed to one
+        # vector per cloud during training (attention averages away the differences between superpoints)
+        self.norm1 = PointInstanceNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(inplace=True), nn.Linear(2 * dim, dim))
+        self.norm2 = PointInstanceNorm(dim)
+
+    def forward(self, x, q_in, k_in, v_in, relative=None):
+        h, dh = self.heads, self.dim // self.heads
+        q = self.q(q_in).view(-1, h, dh).transpose(0, 1)          # (h, M, dh)
+        k = self.k(k_in).view(-1, h, dh).transpose(0, 1)          # (h, N, dh)
+        v = self.v(v_in).view(-1, h, dh).transpose(0, 1)
+        logits = q @ k.transpose(1, 2)
+        if relative is not None:
+            r = self.rel(relative).view(relative.shape[0], relative.shape[1], h, dh).permute(2, 0, 1, 3)  # (h, M, N, dh)
+            logits = logits + (q.unsqueeze(2) * r).sum(-1)
+        attn = torch.softmax(logits / math.sqrt(dh), dim=-1)
+        out = (attn @ v).transpose(0, 1).reshape(-1, self.dim)
+        x = self.norm1(x + self.out(out))
+        return self.norm2(x + self.ffn(x))
+
+
+class GlobalTransformer(nn.Module):
+    """Superpoint transformer: (geometric self-attention, PPF-position cross-attention) x num_blocks."""
+
+    def __init__(self, config: RoITrConfig):
+        super().__init__()
+        d = config.global_dim
+        self.in_norm = PointInstanceNorm(config.widths[-1])
+        self.in_proj = nn.Linear(config.widths[-1], d)
+        self.geo = GeometricStructureEmbedding(d, config.sigma_d, config.sigma_a, config.angle_k)
+        self.position = RotationInvariantPosition(d, config.position_k, config.distance_scale)
+        self.self_layers = nn.ModuleList([_Attention(d, config.num_heads) for _ in range(config.num_blocks)])
+        self.cross_layers = nn.ModuleList([_Attention(d, config.num_heads) for _ in range(config.num_blocks)])
+        self.out_norm = PointInstanceNorm(d)
+        self.out_proj = nn.Linear(d, d)
+
+    def forward(self, src_xyz, src_n, src_feats, ref_xyz, ref_n, ref_feats):
+        s, r = self.in_proj(self.in_norm(src_feats)), self.in_proj(self.in_norm(ref_feats))
+        gs, gr = self.geo(src_xyz), self.geo(ref_xyz)
+        ps, pr = self.position(src_xyz, src_n), self.position(ref_xyz, ref_n)
+        for self_layer, cross_layer in zip(self.self_layers, self.cross_layers):
+            s = self_layer(s, s, s, s, gs)
+            r = self_layer(r, r, r, r, gr)
+            s_new = cross_layer(s, s + ps, r + pr, r)
+            r_new = cross_layer(r, r + pr, s + ps, s)
+            s, r = s_new, r_new
+        return self.out_proj(self.out_norm(s)), self.out_proj(self.out_norm(r))
+
+
+@dataclass
+class RoITrOutput:
+    """Features of one pair. Fine points are level `fine_level` of each pyramid."""
+
+    src_pyramid: Pyramid
+    ref_pyramid: Pyramid
+    src_fine: torch.Tensor        # (Ns_f, d_f) raw (scale matters for the OT scores)
+    ref_fine: torch.Tensor
+    src_coarse: torch.Tensor      # (Ns_c, d_g) L2-normalised superpoint features
+    ref_coarse: torch.Tensor
+    src_patches: torch.Tensor     # (Ns_c, K) indices into the fine points
+    ref_patches: torch.Tensor
+
+
+class RoITr(nn.Module):
+    """The matcher. `forward(src_xyz, src_normals, ref_xyz, ref_normals) -> RoITrOutput`;
+    `match(output) -> dict` of correspondences; `estimate(output, matches, method)` -> (4, 4)."""
+
+    def __init__(self, config: RoITrConfig | None = None):
+        super().__init__()
+        self.config = config or RoITrConfig()
+        self.backbone = PPFBackbone(self.config)
+        self.transformer = GlobalTransformer(self.config)
+        self.optimal_transport = LearnableLogOptimalTransport(self.config.sinkhorn_iterations)
+
+    def forward(self, src_xyz, src_normals, ref_xyz, ref_normals, src_pyramid=None, ref_pyramid=None) -> RoITrOutput:
+        cfg = self.config
+        sp = src_pyramid or build_pyramid(src_xyz, src_normals, cfg)
+        rp = ref_pyramid or build_pyramid(ref_xyz, ref_normals, cfg)
+        s_fine, s_coarse = self.backbone(sp)
+        r_fine, r_coarse = self.backbone(rp)
+        s_g, r_g = self.transformer(sp.xyz[-1], sp.normals[-1], s_coarse, rp.xyz[-1], rp.normals[-1], r_coarse)
+        fl = cfg.fine_level
+        return RoITrOutput(
+            sp, rp, s_fine, r_fine, F.normalize(s_g, dim=-1), F.normalize(r_g, dim=-1),
+            build_patches(sp.xyz[-1], sp.xyz[fl], cfg.patch_size), build_patches(rp.xyz[-1], rp.xyz[fl], cfg.patch_size))
+
+    def patch_log_plans(self, out: RoITrOutput, src_nodes: torch.Tensor, ref_nodes: torch.Tensor) -> torch.Tensor:
+        """Log OT plans `(K, P+1, P+1)` of the given superpoint pairs."""
+        fs = out.src_fine[out.src_patches[src_nodes]]     # (K, P, d)
+        fr = out.ref_fine[out.ref_patches[ref_nodes]]
+        scores = fs @ fr.transpose(1, 2) / math.sqrt(fs.shape[-1])
+        return self.optimal_transport(scores)
+
+    @torch.no_grad()
+    def match(self, out: RoITrOutput) -> dict:
+        """Coarse-to-fine correspondences. Returns dict of `src_index, ref_index` (into the fine level points),
+        `src_points, ref_points (C, 3)`, `scores (C,)`, `patch_index (C,)`, `superpoint_pairs (K, 2)`."""
+        cfg = self.config
+        s_nodes, r_nodes, _ = superpoint_matching(out.src_coarse, out.ref_coarse, cfg.num_superpoint_matches)
+        plans = self.patch_log_plans(out, s_nodes, r_nodes)
+        b, rows, cols, scores = mutual_topk_correspondences(plans, cfg.mutual_k, cfg.confidence_threshold)
+        src_index = out.src_patches[s_nodes[b], rows]
+        ref_index = out.ref_patches[r_nodes[b], cols]
+        fl = cfg.fine_level
+        return {"src_index": src_index, "ref_index": ref_index,
+                "src_points": out.src_pyramid.xyz[fl][src_index], "ref_points": out.ref_pyramid.xyz[fl][ref_index],
+                "scores": scores, "patch_index": b, "superpoint_pairs": torch.stack([s_nodes, r_nodes], 1)}
+
+    @torch.no_grad()
+    def estimate(self, matches: dict, method: str = "lgr"):
+        """(transform (4, 4) float64 numpy, inlier mask (C,) bool numpy) with `method` in lgr | svd | ransac."""
+        sp, rp, w = matches["src_points"].double(), matches["ref_points"].double(), matches["scores"].double()
+        thr = self.config.inlier_threshold
+        if len(sp) == 0:
+            return np.eye(4), np.zeros(0, dtype=bool)
+        if method == "lgr":
+            t, inl = local_to_global_registration(sp, rp, w, matches["patch_index"], thr, self.config.refine_iterations)
+            return t.cpu().numpy(), inl.cpu().numpy()
+        if method == "svd":
+            t = weighted_svd(sp, rp, w)
+            res = torch.linalg.norm(sp @ t[:3, :3].T + t[:3, 3] - rp, dim=1)
+            return t.cpu().numpy(), (res < thr).cpu().numpy()
+        if method == "ransac":
+            return ransac_correspondences(sp.cpu().numpy(), rp.cpu().numpy(), distance_threshold=thr / 2)
+        raise ValueError(f"method: expected 'lgr', 'svd' or 'ransac', got {method!r}")
+
+
+def save_checkpoint(model: RoITr, path, extra: dict | None = None) -> None:
+    """`{"config": dict, "state_dict": ..., **extra}` via torch.save (loadable with weights_only=True)."""
+    payload = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()},
+               "state_dict": model.state_dict()}
+    payload.update(extra or {})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, str(path))
+
+
+def load_checkpoint(path, map_location="cpu") -> RoITr:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"RoITr checkpoint not found: {path}")
+    payload = torch.load(str(path), map_location=map_location, weights_only=True)
+    model = RoITr(RoITrConfig.from_dict(payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def prepare_cloud(points: np.ndarray, num_points: int, normal_k: int = 33, dtype=torch.float32):
+    """Normals on the full cloud (Open3D kNN, facing the origin), then FPS down to `num_points`.
+
+    Returns (xyz (M, 3) tensor, normals (M, 3) tensor, indices (M,) into `points`)."""
+    normals = estimate_normals(points, k=normal_k)
+    pts = torch.from_numpy(np.ascontiguousarray(points)).to(dtype)
+    idx = farthest_point_sample(pts, num_points)
+    return pts[idx], torch.from_numpy(normals).to(dtype)[idx], idx
+
+
+class RoITrRegistration(Registration):
+    """RoITr behind the common `Registration` API. `pose` in lgr | svd | ransac."""
+
+    name = "roitr"
+
+    def __init__(self, model: RoITr, pose: str = "lgr", num_points: int | None = None):
+        if pose not in ("lgr", "svd", "ransac"):
+            raise ValueError(f"pose: expected 'lgr', 'svd' or 'ransac', got {pose!r}")
+        self.model = model.eval()
+        self.pose = pose
+        self.num_points = int(num_points or model.config.num_points)
+        self.name = f"roitr_{pose}"
+
+    @classmethod
+    def from_checkpoint(cls, ckpt=None, pose: str = "lgr", num_points: int | None = None) -> "RoITrRegistration":
+        return cls(load_checkpoint(ckpt or DEFAULT_CHECKPOINT), pose, num_points)
+
+    def register(self, src, ref) -> RegistrationResult:
+        src = validate_cloud(src, "src")
+        ref = validate_cloud(ref, "ref")
+        start = time.perf_counter()
+        cfg = self.model.config
+        sx, sn, s_idx = prepare_cloud(src, self.num_points, cfg.normal_k)
+        rx, rn, r_idx = prepare_cloud(ref, self.num_points, cfg.normal_k)
+        with torch.no_grad():
+            out = self.model(sx, sn, rx, rn)
+            matches = self.model.match(out)
+            transform, inliers = self.model.estimate(matches, self.pose)
+        fl = cfg.fine_level
+        s_map, r_map = s_idx, r_idx
+        for l in range(1, fl + 1):  # fine-level indices -> input indices
+            s_map = s_map[out.src_pyramid.sample_index[l]]
+            r_map = r_map[out.ref_pyramid.sample_index[l]]
+        corr = torch.stack([s_map[matches["src_index"]], r_map[matches["ref_index"]]], 1).cpu().numpy().astype(np.int64)
+        seconds = time.perf_counter() - start
+        return RegistrationResult(np.asarray(transform, dtype=np.float64), int(np.asarray(inliers).sum()), seconds, corr,
+                                  {"num_superpoints": int(out.src_coarse.shape[0]), "pose": self.pose})
