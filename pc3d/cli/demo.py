@@ -47,7 +47,7 @@ def detection_demo(args, outputs: dict) -> None:
     from pc3d.config import load_config
     from pc3d.data.build import build_dataset
     from pc3d.data.synthetic import write_synthetic_dataset
-    from pc3d.engine.evaluate import detection_metrics, predict_dataset
+    from pc3d.engine.evaluate import config_metrics, predict_dataset
     from pc3d.models.build import build_model, load_weights
     from pc3d.viz import bev_plot, render_frame
 
@@ -63,7 +63,7 @@ def detection_demo(args, outputs: dict) -> None:
 
     _step(f"detector {args.config.name} with {args.checkpoint.name}: inference + Waymo-style evaluation")
     predictions, ground_truths, seconds = predict_dataset(model, dataset, progress=False)
-    metrics = detection_metrics(predictions, ground_truths, cfg["dataset"]["class_names"])
+    metrics = config_metrics(cfg, predictions, ground_truths)
     metrics.update(frames=len(predictions), seconds_per_frame=seconds)
     print(format_metrics(metrics))
     print(f"{len(predictions)} frames, {seconds * 1e3:.0f} ms/frame on the CPU")

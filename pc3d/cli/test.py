@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from pc3d.config import load_config
     from pc3d.data.build import build_dataset
     from pc3d.engine.distributed import cleanup, init_distributed
-    from pc3d.engine.evaluate import detection_metrics, predict_dataset
+    from pc3d.engine.evaluate import config_metrics, predict_dataset
     from pc3d.models.build import build_model, load_weights
 
     cfg = load_config(args.config, args.overrides)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         if result is None:
             return 0
         predictions, ground_truths, seconds = result
-        metrics = detection_metrics(predictions, ground_truths, cfg["dataset"]["class_names"])
+        metrics = config_metrics(cfg, predictions, ground_truths)
         metrics["frames"] = len(predictions)
         metrics["seconds_per_frame"] = seconds
         out_dir = args.out_dir or args.checkpoint.parent / f"eval_{split}"

@@ -44,12 +44,12 @@ def main(argv=None) -> int:
             trainer.resume(ckpt)
         summary = trainer.train()
         if args.eval:
-            from pc3d.engine.evaluate import detection_metrics, predict_dataset
+            from pc3d.engine.evaluate import config_metrics, predict_dataset
             from pc3d.data.build import build_dataset
             val = build_dataset(cfg["dataset"], cfg["dataset"].get("val_split", "val"), None, args.data_root)
             result = predict_dataset(trainer.eval_model(), val, dist_info)
             if result is not None:
-                summary["metrics"] = detection_metrics(result[0], result[1], cfg["dataset"]["class_names"])
+                summary["metrics"] = config_metrics(cfg, result[0], result[1])
         if dist_info.is_main:
             print(json.dumps(summary, indent=None if args.json else 2))
             print(f"checkpoints and logs: {work_dir}", file=sys.stderr)

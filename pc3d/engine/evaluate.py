@@ -55,8 +55,39 @@ def predict_dataset(model: torch.nn.Module, dataset, dist_info: DistInfo = DistI
     return [merged[i][0] for i in order], [merged[i][1] for i in order], seconds
 
 
-def detection_metrics(predictions: list[Boxes3D], ground_truths: list[Boxes3D], class_names) -> dict:
-    """Waymo-style AP/APH (LEVEL_1/LEVEL_2) keyed by the official breakdown names."""
+def within_range(boxes: Boxes3D, point_range) -> Boxes3D:
+    """Boxes whose centre lies inside the (x, y) extent of `point_range`."""
+    if boxes is None or point_range is None or len(boxes) == 0:
+        return boxes
+    x0, y0, _, x1, y1, _ = point_range
+    c = boxes.boxes
+    return boxes[(c[:, 0] >= x0) & (c[:, 0] < x1) & (c[:, 1] >= y0) & (c[:, 1] < y1)]
+
+
+def detection_metrics(predictions: list[Boxes3D], ground_truths: list[Boxes3D], class_names,
+                      point_range=None) -> dict:
+    """Waymo-style AP/APH (LEVEL_1/LEVEL_2) keyed by the official breakdown names.
+
+    With `point_range`, ground truths (and predictions) whose centre lies outside the detector's x/y
+    range are left out, as nuScenes' class ranges do: a detector cannot see past its grid, and the
+    synthetic scenes extend beyond it. The range used is reported as `eval_range`.
+    """
     from pc3d.evaluation.waymo_metric import waymo_metrics
 
-    return waymo_metrics(predictions, ground_truths, class_names)
+    if point_range is not None:
+        predictions = [within_range(b, point_range) for b in predictions]
+        ground_truths = [within_range(b, point_range) for b in ground_truths]
+    metrics = waymo_metrics(predictions, ground_truths, class_names)
+    if point_range is not None:
+        metrics["eval_range"] = list(point_range)
+    return metrics
+
+
+def config_metrics(cfg: dict, predictions: list[Boxes3D], ground_truths: list[Boxes3D]) -> dict:
+    """`detection_metrics` as a config asks: `eval.filter_to_point_range` limits it to `dataset.point_range`."""
+    from pc3d.config import require_keys
+
+    eval_cfg = cfg.get("eval") or {}
+    require_keys(eval_cfg, ("filter_to_point_range",), "eval")
+    point_range = cfg["dataset"].get("point_range") if eval_cfg.get("filter_to_point_range") else None
+    return detection_metrics(predictions, ground_truths, cfg["dataset"]["class_names"], point_range)
