@@ -10,7 +10,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,8 @@ from pc3d.engine.distributed import DistInfo
 from pc3d.structures import collate
 
 TRAIN_KEYS = ("epochs", "max_steps", "batch_size", "num_workers", "optimizer", "schedule", "grad_clip", "amp",
-              "ema", "augment", "seed", "deterministic", "log_every", "checkpoint_every_steps", "keep_checkpoints")
+              "ema", "augment", "seed", "deterministic", "log_every", "checkpoint_every_steps", "keep_checkpoints",
+              "min_box_points")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class TrainSettings:
     log_every: int = 10
     checkpoint_every_steps: int | None = None
     keep_checkpoints: int = 3
+    # Boxes with fewer LiDAR points are dropped from training targets: a box with no points (fully
+    # occluded) asks the network for a peak where there is no evidence (OpenPCDet drops them too).
+    min_box_points: int = 1
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
@@ -145,7 +149,8 @@ class Trainer:
         s = self.settings
         set_determinism(s.seed, s.deterministic)
         self.augment = GlobalAugmentation.from_config(s.augment, s.seed)
-        self.dataset = build_dataset(cfg["dataset"], cfg["dataset"].get("train_split", "train"), self.augment, data_root)
+        transform = _TrainingTransform(s.min_box_points, self.augment)
+        self.dataset = build_dataset(cfg["dataset"], cfg["dataset"].get("train_split", "train"), transform, data_root)
         if len(self.dataset) == 0:
             raise ValueError(f"training split of {cfg['dataset']['root']} has no frames")
         self.sampler = DistributedSampler(self.dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
@@ -293,6 +298,19 @@ class Trainer:
 
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+
+class _TrainingTransform:
+    """Drops boxes with fewer than `min_points` points (when counts are known), then augments."""
+
+    def __init__(self, min_points: int, augment: GlobalAugmentation | None):
+        self.min_points, self.augment = min_points, augment
+
+    def __call__(self, frame):
+        boxes = frame.gt_boxes
+        if boxes is not None and boxes.num_points is not None and self.min_points > 0:
+            frame = replace(frame, gt_boxes=boxes[boxes.num_points >= self.min_points])
+        return self.augment(frame) if self.augment is not None else frame
 
 
 def _make_logger(work_dir: Path, is_main: bool) -> logging.Logger:
