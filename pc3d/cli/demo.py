@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_DETECTOR = "flatformer_synthetic_tiny"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from pc3d.structures import Boxes3D, Frame, PointCloud
+from pc3d.structures import Frame, PointCloud
 
 
 def _wrap_angle(a: torch.Tensor) -> torch.Tensor:

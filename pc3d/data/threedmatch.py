@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 BENCHMARKS = ("3DMatch", "3DLoMatch")
 TEST_SCENES = (

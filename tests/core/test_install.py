@@ -1,5 +1,4 @@
 """pc3d.ops is the top-level ops/ folder, installed under pc3d (no top-level `ops` module)."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,6 @@
 """Detector assembled from the YAML configs: forward/backward on real scans, empty frames, errors, infer tool."""
 import copy
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """FPFH + RANSAC baseline through the common Registration API, on real 3DMatch fragments."""
 import numpy as np
 import pytest
-from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from pc3d.evaluation.registration_metrics import relative_rotation_error, relative_translation_error

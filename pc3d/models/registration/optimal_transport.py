@@ -1,7 +1,6 @@
 """Log-domain Sinkhorn optimal transport with a learnable dustbin (SuperGlue / GeoTransformer style)."""
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
