@@ -48,8 +48,11 @@ def test_train_then_test_single_process(tmp_path, tiny_dataset):
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["frames_per_second"] > 0
     assert (work / "latest.pth").exists() and (work / "config.yaml").exists() and (work / "train.log").exists()
-    test = run([sys.executable, "tools/test.py", str(cfg), str(work / "latest.pth"), "--json", "--no-progress"])
+    test = run([sys.executable, "tools/test.py", str(cfg), str(work / "latest.pth"), "--json", "--no-progress",
+                "--visualize", "1", "--out-dir", str(tmp_path / "eval")])
     metrics = json.loads(test.stdout.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["frames"] == 2
+    assert len(list((tmp_path / "eval").glob("0000_*.png"))) == 1
     assert "OBJECT_TYPE_TYPE_VEHICLE_LEVEL_1/AP" in metrics and metrics["frames"] == 2
     assert 0.0 <= metrics["OBJECT_TYPE_TYPE_VEHICLE_LEVEL_2/APH"] <= 1.0
 
