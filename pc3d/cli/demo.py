@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -102,7 +103,7 @@ def detection_demo(args, outputs: dict) -> None:
 
 def registration_demo(args, outputs: dict) -> None:
     from pc3d.data.synthetic import make_registration_pair
-    from pc3d.evaluation.registration_metrics import rotation_error_deg, translation_error
+    from pc3d.evaluation.registration_metrics import relative_rotation_error, relative_translation_error
     from pc3d.models.registration.api import build_registration
     from pc3d.viz import render_registration
 
@@ -111,11 +112,11 @@ def registration_demo(args, outputs: dict) -> None:
     methods = {"fpfh": {}}
     ckpt = REPO / "checkpoints" / "roitr_synthetic_tiny.pth"
     if ckpt.exists():
-        methods = {"roitr": {"checkpoint": ckpt}, **methods}
+        methods = {"roitr": {"ckpt": ckpt}, **methods}
     for method, kwargs in methods.items():
         result = build_registration(method, **kwargs).register(pair.src_points, pair.ref_points)
-        rre = rotation_error_deg(result.transform, pair.transform)
-        rte = translation_error(result.transform, pair.transform)
+        rre = relative_rotation_error(result.transform, pair.transform)
+        rte = relative_translation_error(result.transform, pair.transform)
         out = args.out / f"registration_{method}.png"
         render_registration(pair.src_points, pair.ref_points, result.transform, out=out,
                             title=f"{method}: RRE {rre:.2f} deg, RTE {rte * 100:.1f} cm, {result.seconds:.2f} s")
@@ -126,6 +127,8 @@ def registration_demo(args, outputs: dict) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # numba notes at first parallel launch that this system's TBB is too old and uses OpenMP instead
+    warnings.filterwarnings("ignore", message="The TBB threading layer requires TBB")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.checkpoint.exists():
         print(f"error: shipped checkpoint {args.checkpoint} is missing", file=sys.stderr)

@@ -72,6 +72,7 @@ def probe_open3d(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
 
     Returns (ok, reason). A crash (abort, segfault) of the child shows up as a non-zero exit.
     """
+    _ensure_runtime_dir()
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE_SCRIPT], capture_output=True, text=True,
                               timeout=timeout)
@@ -106,8 +107,16 @@ def resolve_backend(backend: str = "auto") -> str:
 # Backends: (camera, geometry) -> uint8 (H, W, 3)
 # --------------------------------------------------------------------------------------------------
 
+def _ensure_runtime_dir() -> None:
+    """GLFW complains on stderr when XDG_RUNTIME_DIR is unset (headless shells, CI): give it a private one."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        import tempfile
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pc3d-xdg-")
+
+
 def _render_open3d(camera: Camera, xyz, colors, segments, segment_colors, point_size, line_width, background,
                    visible: bool = False, interactive: bool = False, title: str = "pc3d") -> np.ndarray | None:
+    _ensure_runtime_dir()
     import open3d as o3d
 
     previous = o3d.utility.get_verbosity_level()
