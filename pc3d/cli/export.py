@@ -34,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
     parser.add_argument("--out", default=None, help="output file (default: <config stem>.onnx / .plan)")
     parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--scatter", choices=("elements", "scatternd"), default="elements",
+                        help="how the VFE's segment reductions export: ScatterElements (any thread count) or "
+                             "ScatterND (much faster in onnxruntime, single-threaded only)")
     parser.add_argument("--example-points", default=None, help="scan used to trace the export (default: random)")
     parser.add_argument("--check-points", default=None, help="scan to compare torch and onnxruntime on")
     parser.add_argument("--dim", type=int, default=None, help="float32 columns of a .bin scan (default 4)")
@@ -72,7 +75,8 @@ def check_against_torch(detector, onnx_path, scan, repeat: int = 3, threads: int
     from pc3d.deploy.onnx_runtime import OnnxDetector
     from pc3d.structures import Frame, PointCloud, collate
 
-    ort_detector = OnnxDetector(onnx_path, intra_op_threads=threads)
+    layout_scatter = OnnxDetector(onnx_path, create_session=False).layout.get("scatter")
+    ort_detector = OnnxDetector(onnx_path, intra_op_threads=1 if layout_scatter == "scatternd" else threads)
     batch = collate([Frame(PointCloud(torch.as_tensor(scan), tuple(detector.point_features)))])
     detector.eval()
     with torch.no_grad():
@@ -92,6 +96,7 @@ def check_against_torch(detector, onnx_path, scan, repeat: int = 3, threads: int
         torch_boxes = ort_detector.decode(torch_out, voxelized)[0]
         ort_boxes = ort_detector.decode(ort_detector.predictions([ort_out]), ort_detector.batch_voxels([feed]))[0]
     return {"max_abs_diff": max_abs_diff, "torch_seconds": torch_seconds, "onnxruntime_seconds": ort_seconds,
+            "onnxruntime_threads": ort_detector.intra_op_threads or "default", "torch_threads": torch.get_num_threads(),
             "ratio": torch_seconds / ort_seconds if ort_seconds > 0 else None,
             "num_points": int(scan.shape[0]), "num_voxels": int(voxelized.num_voxels),
             "num_boxes_torch": len(torch_boxes), "num_boxes_onnxruntime": len(ort_boxes),
@@ -147,7 +152,7 @@ def run(args) -> dict:
     example = None
     if args.example_points:
         example = torch.as_tensor(_scan_columns(args.example_points, args.dim, features))
-    exported = export_onnx(detector, cfg, onnx_path, example_points=example, opset=args.opset)
+    exported = export_onnx(detector, cfg, onnx_path, example_points=example, opset=args.opset, scatter=args.scatter)
     result = {"config": str(args.config), "checkpoint": args.checkpoint, "format": args.format,
               "onnx": str(onnx_path), "export_seconds": exported.seconds, "num_nodes": exported.num_nodes,
               "inputs": exported.input_names, "outputs": exported.output_names,
