@@ -42,7 +42,8 @@ $(STAMP): requirements.txt setup.py
 	@$(PY) -m pip install -q -r requirements.txt
 	@# Waymo protos only: the package's declared dependencies would pull TensorFlow.
 	@$(PY) -m pip install -q --no-deps waymo-open-dataset-tf-2-12-0==1.6.7
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . > $(VENV)/pc3d-install.log 2>&1 \
+	  || { cat $(VENV)/pc3d-install.log; exit 1; }
 	@touch $(STAMP)
 
 bench: install

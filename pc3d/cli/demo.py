@@ -94,11 +94,20 @@ def detection_demo(args, outputs: dict) -> None:
         start = time.perf_counter()
         boxes = model(collate([Frame(PointCloud(pts))]))[0]
         elapsed = time.perf_counter() - start
-        info = render_frame(pts, None, boxes, args.out / f"real_{name}.png", view="bev", score_threshold=0.3,
-                            title=f"{name}: synthetic-trained detector")
+        info = render_frame(pts, _kitti_labels(path) if name.startswith("kitti") else None, boxes,
+                            args.out / f"real_{name}.png", view="bev", score_threshold=0.3,
+                            title=f"{name}: synthetic-trained detector (GT green where labelled)")
         kept = int((boxes.scores >= 0.3).sum()) if boxes.scores is not None else len(boxes)
         print(f"  {name}: {len(pts)} points, {kept} boxes with score >= 0.3, {elapsed * 1e3:.0f} ms -> {info.path}")
         outputs.setdefault("renders", []).append(info.path)
+
+
+def _kitti_labels(scan_path: Path):
+    """The KITTI label_2 boxes of a scan, in the pc3d frame (labels cover the camera's field of view only)."""
+    from pc3d.data.kitti import KittiDataset
+
+    dataset = KittiDataset(scan_path.parents[2], "train", ("Car", "Van", "Truck", "Pedestrian", "Cyclist"))
+    return dataset.boxes_of(dataset.frame_ids.index(scan_path.stem))
 
 
 def registration_demo(args, outputs: dict) -> None:
