@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, help="default: work_dirs/<config stem>")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from CKPT, or from WORK_DIR/latest.pth when no path is given")
+    p.add_argument("--load-from", type=Path, metavar="CKPT",
+                   help="start from these weights (fine-tuning); optimizer and schedule start fresh")
     p.add_argument("--data-root", help="use this copy of the config's dataset")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--eval", action="store_true", help="evaluate on the validation split after training")
@@ -38,7 +40,11 @@ def main(argv=None) -> int:
     work_dir = args.work_dir or Path("work_dirs") / args.config.stem
     dist_info = init_distributed(args.device)
     try:
-        trainer = Trainer(cfg, build_model(cfg), work_dir, dist_info, args.data_root, progress=not args.no_progress)
+        model = build_model(cfg)
+        if args.load_from:
+            from pc3d.models.build import load_weights
+            load_weights(model, args.load_from)
+        trainer = Trainer(cfg, model, work_dir, dist_info, args.data_root, progress=not args.no_progress)
         if args.resume:
             ckpt = Path(work_dir) / "latest.pth" if args.resume == "latest" else Path(args.resume)
             trainer.resume(ckpt)

@@ -55,6 +55,10 @@ def test_train_then_test_single_process(tmp_path, tiny_dataset):
     assert len(list((tmp_path / "eval").glob("0000_*.png"))) == 1
     assert "OBJECT_TYPE_TYPE_VEHICLE_LEVEL_1/AP" in metrics and metrics["frames"] == 2
     assert 0.0 <= metrics["OBJECT_TYPE_TYPE_VEHICLE_LEVEL_2/APH"] <= 1.0
+    # fine-tuning: weights from the checkpoint, fresh optimizer and schedule
+    tuned = run([sys.executable, "tools/train.py", str(cfg), "--work-dir", str(tmp_path / "ft"), "--no-progress", "--json",
+                 "--load-from", str(work / "latest.pth")])
+    assert json.loads(tuned.stdout.strip().splitlines()[-1])["steps"] == 2
 
 
 def test_torchrun_two_cpu_processes_train_and_evaluate(tmp_path, tiny_dataset):
