@@ -17,6 +17,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA (and TensorRT where named); skipped without it")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts with one intra-op thread, whatever an earlier test set."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real sample data; skips the test when it is not beside the checkout."""

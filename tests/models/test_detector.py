@@ -17,13 +17,6 @@ WAYMO = sorted((REPO / "configs" / "waymo").glob("*.yaml"))
 NUSCENES = sorted((REPO / "configs" / "nuscenes").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared CPU: one intra-op thread is much faster than two fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_widths(cfg: dict) -> dict:

@@ -18,13 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 RANGE = [-32.0, -32.0, -3.0, 32.0, 32.0, 3.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared CPU: one intra-op thread is much faster than two fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _frames(num_frames: int):

@@ -14,12 +14,6 @@ VOXEL = (0.5, 0.5, 1.0)
 RANGE = (-4.0, -4.0, -2.0, 4.0, 4.0, 2.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _points(n=400, seed=0):
