@@ -97,3 +97,49 @@ def test_devkit_detection_eval_end_to_end(tmp_path):
 def test_missing_root_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no nuScenes table folder"):
         NuScenesDataset(tmp_path, "val")
+
+
+def test_sweeps_are_moved_into_the_key_frame_with_time_lag(tmp_path):
+    """A non-key sweep (other ego pose, 50 ms earlier) of the same world points lands on the key sweep's points."""
+    from pc3d.data.nuscenes import load_lidar_points
+
+    frames = _synthetic_frames(n=1, seed=3)
+    write_nuscenes_tables(frames, tmp_path, split="synthetic_val")
+    tables = tmp_path / "v1.0-pc3d"
+    sample_data = json.loads((tables / "sample_data.json").read_text())
+    poses = json.loads((tables / "ego_pose.json").read_text())
+    calib = json.loads((tables / "calibrated_sensor.json").read_text())
+    key, key_pose, key_cs = sample_data[0], poses[0], calib[0]
+
+    def transform(rec):
+        from pyquaternion import Quaternion
+        t = np.eye(4)
+        t[:3, :3] = Quaternion(rec["rotation"]).rotation_matrix
+        t[:3, 3] = rec["translation"]
+        return t
+
+    key_to_global = transform(key_pose) @ transform(key_cs)
+    sweep_pose = {"token": "sweep_pose", "timestamp": key["timestamp"] - 50_000,
+                  "rotation": [math.cos(0.2), 0.0, 0.0, math.sin(0.2)],
+                  "translation": [key_pose["translation"][0] - 0.7, key_pose["translation"][1] + 0.3, 0.0]}
+    sweep_to_global = transform(sweep_pose) @ transform(key_cs)
+    key_points = np.fromfile(tmp_path / key["filename"], np.float32).reshape(-1, 5)
+    world = key_points[:, :3] @ key_to_global[:3, :3].T + key_to_global[:3, 3]
+    sweep_to_sensor = np.linalg.inv(sweep_to_global)
+    sweep_points = key_points.copy()
+    sweep_points[:, :3] = world @ sweep_to_sensor[:3, :3].T + sweep_to_sensor[:3, 3]
+    sweep_file = "sweeps/LIDAR_TOP/sweep.pcd.bin"
+    (tmp_path / "sweeps/LIDAR_TOP").mkdir(parents=True)
+    sweep_points.astype(np.float32).tofile(tmp_path / sweep_file)
+    sweep = {**key, "token": "sweep_sd", "ego_pose_token": "sweep_pose", "timestamp": sweep_pose["timestamp"],
+             "is_key_frame": False, "filename": sweep_file, "prev": "", "next": key["token"]}
+    key["prev"] = "sweep_sd"
+    (tables / "sample_data.json").write_text(json.dumps(sample_data + [sweep]))
+    (tables / "ego_pose.json").write_text(json.dumps(poses + [sweep_pose]))
+
+    nusc = load_nuscenes(tmp_path)
+    merged = load_lidar_points(nusc, key["sample_token"], sweeps=10)
+    n = len(key_points)
+    assert merged.shape == (2 * n, 5)
+    np.testing.assert_allclose(merged[n:, :3], merged[:n, :3], atol=2e-3)
+    assert np.all(merged[:n, 4] == 0) and np.allclose(merged[n:, 4], 0.05)
