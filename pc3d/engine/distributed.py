@@ -53,5 +53,7 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Tear the group down together: a rank that destroys it while rank 0 still reports can abort in gloo."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
