@@ -71,12 +71,39 @@ def segment_mean(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> t
     return total / count.view((-1,) + (1,) * (src.ndim - 1))
 
 
+def _scatter_max(src: torch.Tensor, full_index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    out = src.new_zeros((num_segments,) + tuple(src.shape[1:]))
+    # include_self=False: the zero fill only survives where no row was scattered (empty segments).
+    return out.scatter_reduce(0, full_index, src, reduce="amax", include_self=False)
+
+
+class _SegmentMax(torch.autograd.Function):
+    """`scatter_reduce("amax")` with the same gradient rule, computed with one gather and two scatter_adds:
+    torch's own CPU backward for amax is several times slower and was a quarter of a detector's
+    training step (dynamic pillar VFE)."""
+
+    @staticmethod
+    def forward(ctx, src, full_index, num_segments):
+        out = _scatter_max(src, full_index, num_segments)
+        ctx.save_for_backward(src, full_index, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        src, full_index, out = ctx.saved_tensors
+        is_max = (src == out.gather(0, full_index)).to(grad_out.dtype)
+        ties = torch.zeros_like(out, dtype=grad_out.dtype).scatter_add_(0, full_index, is_max)
+        grad_src = grad_out.gather(0, full_index) * is_max / ties.gather(0, full_index).clamp(min=1)
+        return grad_src, None, None
+
+
 def segment_max(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
     """Element-wise maximum over the rows of each segment (0 for an empty segment)."""
     _check(src, index, num_segments)
-    out = src.new_zeros((num_segments,) + tuple(src.shape[1:]))
-    # include_self=False: the zero fill only survives where no row was scattered (empty segments).
-    return out.scatter_reduce(0, _expand_index(index, src), src, reduce="amax", include_self=False)
+    full_index = _expand_index(index, src)
+    if src.requires_grad and torch.is_grad_enabled() and not _is_tracing():
+        return _SegmentMax.apply(src, full_index, num_segments)
+    return _scatter_max(src, full_index, num_segments)
 
 
 def segment_argmax(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -69,6 +69,17 @@ def test_gradcheck_double():
     assert torch.autograd.gradcheck(lambda x: segment_softmax(x, index, 5), (vector,))
 
 
+def test_segment_max_gradient_splits_ties_evenly():
+    # Rows 0 and 2 tie at the maximum 0.0 of segment 0; segment 1 has a single row; segment 2 is empty.
+    # (torch's own amax backward counts the zero fill of an empty-looking output as a third tie and
+    # returns g/3 each; the gradient must sum to g over the segment.)
+    src = torch.tensor([[0.0], [-1.7], [0.0], [2.5]], requires_grad=True)
+    index = torch.tensor([0, 0, 0, 1])
+    out = segment_max(src, index, 3)
+    (grad,) = torch.autograd.grad(out, src, torch.tensor([[-1.2], [3.0], [5.0]]))
+    assert grad[:, 0].tolist() == pytest.approx([-0.6, 0.0, -0.6, 3.0])
+
+
 def test_bad_inputs():
     src = torch.randn(4, 2)
     with pytest.raises(ValueError, match="index"):
