@@ -33,12 +33,30 @@ class SSTLevel(NamedTuple):
 
 class SSTRegions(NamedTuple):
     """levels: one `SSTLevel` per drop level; keep_mask: (V,) bool, False for dropped voxels;
-    level_of_voxel: (V,) int64 (-1 when the window matches no level); coords_in_window: (V, 3)."""
+    level_of_voxel: (V,) int64 (-1 when the window matches no level); coords_in_window: (V, 3);
+    slot_of_voxel: (V,) int64, where each voxel's attention output is in `flat_slots(per_level)` (see there):
+    `1 + offset_l + row * max_tokens_l + rank` for a kept voxel, 0 (the leading zero row) for a dropped one."""
 
     levels: tuple
     keep_mask: torch.Tensor
     level_of_voxel: torch.Tensor
     coords_in_window: torch.Tensor
+    slot_of_voxel: torch.Tensor
+
+
+def flat_slots(per_level: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack per-level slot tensors `(W_l, max_tokens_l, C)` into `(1 + sum_l W_l * max_tokens_l, C)` behind
+    one zero row, the layout `SSTRegions.slot_of_voxel` indexes: `flat_slots(outs)[regions.slot_of_voxel]`
+    takes every kept voxel's own slot back to voxel order (and 0 for dropped voxels) with one gather.
+
+    A gather instead of `index_put(voxel_index[~key_padding_mask], ...)`: the boolean mask gives a
+    data-dependent size whose bound (W_l * max_tokens_l, unbounded W_l) overflows int64 in the ONNX exporter's
+    runtime asserts, and padding slots would otherwise need masking out of the scatter.
+    """
+    first = per_level[0]
+    rows = [first.new_zeros((1,) + tuple(first.shape[2:]))]
+    rows += [t.reshape((-1,) + tuple(t.shape[2:])) for t in per_level]
+    return torch.cat(rows, dim=0)
 
 
 def _check_levels(drop_levels) -> tuple[tuple[int, int, int], ...]:
@@ -76,6 +94,19 @@ def sst_region_groups(coords: torch.Tensor, sparse_shape: Sequence[int], window_
     level_of_voxel = torch.empty_like(part.window_id)
     level_of_voxel[seg.order] = window_level[seg.segment]
 
+    # Row of each window inside its level (levels list their windows in segment order) and the first flat
+    # slot of that row; tensor arithmetic only, so the exported graph has no data-dependent branch.
+    window_base = torch.zeros_like(counts)
+    offset = counts.new_ones(())  # flat row 0 is the zero row of `flat_slots`
+    for index, (max_tokens, _, _) in enumerate(levels):
+        hit = window_level == index
+        row = torch.cumsum(hit.long(), dim=0) - 1
+        window_base = torch.where(hit, offset + row * max_tokens, window_base)
+        offset = offset + hit.long().sum() * max_tokens
+    slot_sorted = torch.where(keep_sorted, window_base[seg.segment] + seg.rank, torch.zeros_like(seg.rank))
+    slot_of_voxel = torch.empty_like(slot_sorted)
+    slot_of_voxel[seg.order] = slot_sorted
+
     out = []
     for index, (max_tokens, _, _) in enumerate(levels):
         windows = torch.nonzero(window_level == index).reshape(-1)
@@ -87,4 +118,4 @@ def sst_region_groups(coords: torch.Tensor, sparse_shape: Sequence[int], window_
         mask = slot >= n
         window_id = part.window_id[seg.order[seg.starts[windows]]]
         out.append(SSTLevel(voxel_index, mask.expand_as(voxel_index).clone(), window_id))
-    return SSTRegions(tuple(out), keep_mask, level_of_voxel, part.coords_in_window)
+    return SSTRegions(tuple(out), keep_mask, level_of_voxel, part.coords_in_window, slot_of_voxel)

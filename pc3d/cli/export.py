@@ -75,8 +75,10 @@ def check_against_torch(detector, onnx_path, scan, repeat: int = 3, threads: int
     from pc3d.deploy.onnx_runtime import OnnxDetector
     from pc3d.structures import Frame, PointCloud, collate
 
-    layout_scatter = OnnxDetector(onnx_path, create_session=False).layout.get("scatter")
-    ort_detector = OnnxDetector(onnx_path, intra_op_threads=1 if layout_scatter == "scatternd" else threads)
+    from pc3d.deploy.onnx_runtime import requires_single_thread
+
+    layout = OnnxDetector(onnx_path, create_session=False).layout
+    ort_detector = OnnxDetector(onnx_path, intra_op_threads=1 if requires_single_thread(layout) else threads)
     batch = collate([Frame(PointCloud(torch.as_tensor(scan), tuple(detector.point_features)))])
     detector.eval()
     with torch.no_grad():

@@ -3,10 +3,12 @@
 What is in the graph (one ONNX model, opset 18, exported with `torch.onnx.export(..., dynamo=True)`):
 
 - the voxel feature encoder (per-point MLP + per-voxel max / mean as ONNX `ScatterElements`),
-- the 3D backbone *including its partitioning*: DSVT's rotated sets and FlatFormer's flattened-window
-  groups are plain tensor arithmetic (`ArgSort` as `TopK`, cumsum, gather), recomputed in the graph
-  from the voxel coordinates of every input, so the set / group count is a data-dependent size inside
-  the graph and no partition tensor is an input,
+- the 3D backbone *including its partitioning*: DSVT's rotated sets, FlatFormer's flattened-window
+  groups, ScatterFormer's scattered windows and SST's regional buckets (windows per token budget, drop
+  policy included) are plain tensor arithmetic (`ArgSort` as `TopK`, cumsum, gather, NonZero), recomputed
+  in the graph from the voxel coordinates of every input, so the set / group / window count is a
+  data-dependent size inside the graph and no partition tensor is an input. SST runs every drop level,
+  also one without any window (a zero-size batch), instead of branching on the count,
 - the BEV scatter, the 2D backbone and the CenterPoint head convolutions.
 
 Thin adaptors used while tracing (no change to the model code): `num_voxels` is kept symbolic
@@ -40,6 +42,12 @@ What stays outside the graph, and why:
   fails on the empty set/group tensors), so the head outputs of an empty frame are computed at export time
   and stored as extra (unused) initializers `pc3d_empty_frame.<output>`; `OnnxDetector` returns them for a
   frame without in-range voxels instead of running the graph.
+
+Thread safety: onnxruntime's CPU `ScatterND` with a reduction loses updates with more than one intra-op thread
+(duplicate indices are not guarded). With the default `scatter="elements"` no pc3d model exports one (ScatterFormer's
+per-window K^T V / sum k sums once came from `index_add` -> ScatterND(add) and differed from torch by up to 2e-2 at
+random with 2 threads; they are `segment_sum` now); `reducing_scatternd` counts any that appears into the
+layout's `scatternd_reductions`, and `OnnxDetector` then runs the file single-threaded.
 
 The spconv sparse-convolution baseline (`backbone_3d: spconv_resnet`, e.g. `centerpoint_voxel`) cannot be
 exported: spconv's sparse convolutions are custom C++/CUDA kernels with no ONNX symbolic and no
@@ -343,10 +351,12 @@ def export_onnx(detector: nn.Module, cfg: dict, path, example_points: torch.Tens
     finally:
         detector.train(was_training)
     model = program.model_proto
+    racy = reducing_scatternd(model)
     _add_empty_frame_outputs(model, wrapper)
     layout = {"mode": wrapper.mode, "inputs": names, "outputs": wrapper.output_names(), "batch_size": batch_size,
               "num_groups": len(detector.head.class_groups), "point_features": list(detector.point_features),
               "max_points_per_voxel": detector.voxelizer.max_points_per_voxel, "scatter": scatter,
+              "scatternd_reductions": len(racy),
               "dynamic_axes": {names[0]: ["num_voxels" if wrapper.mode == "hard" else "num_points"],
                                names[1]: ["num_voxels" if wrapper.mode == "hard" else "num_points"],
                                "coords": ["num_voxels"]}}
@@ -356,6 +366,24 @@ def export_onnx(detector: nn.Module, cfg: dict, path, example_points: torch.Tens
     if check:
         onnx.checker.check_model(str(path), full_check=True)
     return ExportResult(path, names, wrapper.output_names(), seconds, len(model.graph.node), layout)
+
+
+def reducing_scatternd(model) -> list[str]:
+    """Names of the ONNX `ScatterND` nodes with a reduction (add / mul / max / min) in `model` (a ModelProto).
+
+    onnxruntime's CPU ScatterND splits the update rows over its intra-op threads without guarding duplicate
+    indices, so such a node loses updates at random with more than one thread (see `pc3d.deploy.onnx_scatter`).
+    With `scatter="elements"` pc3d's models export none (segment reductions are ScatterElements, a serial
+    kernel); any that appears (e.g. a new `index_add` / `index_put(accumulate=True)`) is counted in the layout's
+    `scatternd_reductions`, and `OnnxDetector` then runs the file single-threaded instead of returning noise.
+    """
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "ScatterND":
+            reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
+            if reduction != "none":
+                names.append(node.name)
+    return names
 
 
 EMPTY_FRAME_PREFIX = "pc3d_empty_frame."

@@ -49,6 +49,13 @@ def session_options(intra_op_threads: int | None = None, optimization: str = "al
     return options
 
 
+def requires_single_thread(layout: dict) -> bool:
+    """True when an exported model (its `pc3d_layout`) is only correct with one onnxruntime intra-op thread:
+    exported with `scatter="scatternd"`, or its graph has any other ScatterND with a reduction
+    (`reducing_scatternd` at export time, stored as `scatternd_reductions`)."""
+    return layout.get("scatter") == "scatternd" or bool(layout.get("scatternd_reductions"))
+
+
 class OnnxDetector:
     """Exported detector on onnxruntime; `__call__(batch) -> list[Boxes3D]` like `Detector.predict`.
 
@@ -85,11 +92,12 @@ class OnnxDetector:
         if list(self.detector.point_features) != list(self.layout["point_features"]):
             raise ValueError(f"cfg: point_features {list(self.detector.point_features)} differ from the exported "
                              f"model's {self.layout['point_features']}")
-        if self.layout.get("scatter") == "scatternd":
+        if requires_single_thread(self.layout):
             # onnxruntime's ScatterND reduction races with several intra-op threads (see pc3d.deploy.onnx_scatter)
             if intra_op_threads not in (None, 1):
-                raise ValueError(f"intra_op_threads: {self.path} was exported with scatter='scatternd', which is only "
-                                 f"correct with 1 onnxruntime intra-op thread, got {intra_op_threads}")
+                raise ValueError(f"intra_op_threads: {self.path} has ScatterND reductions (scatter="
+                                 f"{self.layout.get('scatter')!r}), which are only correct with 1 onnxruntime "
+                                 f"intra-op thread, got {intra_op_threads}")
             intra_op_threads = 1
         self.intra_op_threads = intra_op_threads
         self.session = None

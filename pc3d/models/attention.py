@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pc3d.ops import scatter as _scatter
+
 
 def activation_fn(name: str):
     """`relu` | `gelu` activation function by name."""
@@ -133,11 +135,15 @@ def scattered_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     v_count, heads, d = k.shape
     e = v.shape[-1]
     kv = torch.einsum("vhd,vhe->vhde", k, v).reshape(v_count, heads * d * e)
-    kv_sum = torch.zeros(num_windows, heads * d * e, dtype=kv.dtype, device=kv.device).index_add(0, window, kv)
-    k_sum = torch.zeros(num_windows, heads * d, dtype=k.dtype, device=k.device).index_add(
-        0, window, k.reshape(v_count, heads * d))
-    kv_w = kv_sum[window].reshape(v_count, heads, d, e)
-    z_w = k_sum[window].reshape(v_count, heads, d)
+    # Both window sums in one segment_sum (scatter_add), not index_add: index_add exports as ONNX
+    # ScatterND(reduction="add"), which onnxruntime's CPU kernel splits across threads without guarding
+    # duplicate rows, so with 2 threads updates of a window's voxels were lost at random (parity 4e-7 to
+    # 1.9e-2 run to run on the KITTI scan). scatter_add exports as ScatterElements, summed serially in
+    # torch's row order: torch and the graph agree to ~1e-7 with any thread count.
+    sums = _scatter.segment_sum(torch.cat([kv, k.reshape(v_count, heads * d)], dim=1), window, num_windows)
+    per_voxel = sums[window]
+    kv_w = per_voxel[:, :heads * d * e].reshape(v_count, heads, d, e)
+    z_w = per_voxel[:, heads * d * e:].reshape(v_count, heads, d)
     numerator = torch.einsum("vhd,vhde->vhe", q, kv_w)
     denominator = (q * z_w).sum(-1, keepdim=True) + eps
     return numerator / denominator

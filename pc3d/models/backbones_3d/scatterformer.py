@@ -3,7 +3,7 @@ Linear Attention", ECCV 2024), CPU / pure-PyTorch version.
 
 Each layer (pre-norm, residual):
 1. scattered linear attention inside windows of variable length (no padding); windows alternate
-   between unshifted and half-window shifted grids layer by layer;
+   between unshifted and half-window shifted grids layer by layer (`pc3d.models.attention`);
 2. cross-window interaction (CWI): depthwise sparse 2D convolutions on channel groups (identity,
    1xK along x, Kx1 along y, 3x3), implemented with a sorted-key neighbour lookup instead of a
    spconv depthwise kernel (spconv 2.x has no grouped convolution), followed by a pointwise Linear;

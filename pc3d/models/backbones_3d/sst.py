@@ -6,6 +6,7 @@ grids. Windows are bucketed by voxel count into token budgets (`pc3d.ops.partiti
 voxels beyond a window's budget are dropped from attention and pass through the layer unchanged
 (SST removes them from its output; here the output keeps every input voxel so the backbone is a
 drop-in SparseVoxels -> SparseVoxels module). Position encoding: sinusoidal in-window (x, y).
+ONNX-exportable with the region bucketing in the graph (no branch on a data-dependent size; see `SSTLayer`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from pc3d.models.attention import GroupAttention, FeedForward, sinusoidal_position_embedding
-from pc3d.ops.partition.sst_regions import DEFAULT_DROP_LEVELS, sst_region_groups
+from pc3d.ops.partition.sst_regions import DEFAULT_DROP_LEVELS, flat_slots, sst_region_groups
 from pc3d.structures import SparseVoxels
 
 from ._common import as_int_tuple, check_voxels
@@ -27,13 +28,11 @@ class SSTLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, regions) -> torch.Tensor:
-        attended = torch.zeros_like(x)
-        for level in regions.levels:
-            if level.voxel_index.shape[0] == 0:
-                continue
-            out = self.attn(x[level.voxel_index], pos[level.voxel_index], level.key_padding_mask)
-            valid = ~level.key_padding_mask
-            attended = attended.index_put((level.voxel_index[valid],), out[valid])
+        # Every level runs, even with no window (a (0, max_tokens, C) batch): no branch on a data-dependent
+        # size, so the layer exports to ONNX. Outputs return to voxel order by one gather (`flat_slots`).
+        outs = [self.attn(x[level.voxel_index], pos[level.voxel_index], level.key_padding_mask)
+                for level in regions.levels]
+        attended = flat_slots(outs)[regions.slot_of_voxel]
         keep = regions.keep_mask[:, None]
         y = self.norm1(x + attended)
         y = self.norm2(y + self.ffn(y))
