@@ -8,8 +8,9 @@ Datasets (one row per method and dataset):
 - `synthetic_rotated`: the same pairs with seeded Haar-uniform rotations of both clouds;
 - `3dlomatch_21_34`: the real PREDATOR fragment pair with the 3DLoMatch GT, RR by the gt.info criterion;
 - `--points FILE`: the scan against a moved half of itself (RR by RMSE).
-Columns: seconds per pair (model forward + pose; the reference is FPFH+RANSAC's time), RR, IR (tau = 0.1 m)
-of the method's correspondences, median RRE / RTE.
+Columns: seconds per pair (model forward + pose; the reference is FPFH+RANSAC's time), `pose_seconds` (the
+pose estimator alone: LGR vs SVD vs RANSAC on the same correspondences), RR, IR (tau = 0.1 m) of the
+method's correspondences, median RRE / RTE, and `per_pair` (hit, IR, seconds of every pair).
 """
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from pc3d.data.threedmatch import random_rotation, read_gt_info, read_gt_log  # 
 from pc3d.evaluation.registration_metrics import evaluate_pair  # noqa: E402
 from pc3d.models.registration.fpfh_ransac import FPFHRansacRegistration  # noqa: E402
 from pc3d.models.registration.roitr import DEFAULT_CHECKPOINT, load_checkpoint, prepare_cloud  # noqa: E402
+from pc3d.models.registration.training import VAL_SEED  # noqa: E402
 
 
 def synthetic_pairs(count: int, rotated: bool):
     from pc3d.data.synthetic.registration_pairs import make_registration_pair
     out = []
     for k in range(count):
-        p = make_registration_pair(100000 + k, overlap="low" if k % 2 else "high")
+        p = make_registration_pair(VAL_SEED + k, overlap="low" if k % 2 else "high")
         src, ref, t = p.src_points.astype(np.float64), p.ref_points.astype(np.float64), p.transform.astype(np.float64)
         if rotated:
             rng = np.random.default_rng([7, k])
@@ -68,11 +70,11 @@ def self_pair(path: Path, dim):
 
 
 def run_roitr(model, pair):
-    """{pose: (transform, seconds, src_corr, ref_corr)} sharing one forward pass."""
+    """{pose: (transform, seconds, pose_seconds, src_corr, ref_corr)} sharing one forward pass."""
     start = time.perf_counter()
     cfg = model.config
-    sx, sn, _ = prepare_cloud(pair["src"], cfg.num_points, cfg.normal_k)
-    rx, rn, _ = prepare_cloud(pair["ref"], cfg.num_points, cfg.normal_k)
+    sx, sn, _ = prepare_cloud(pair["src"], cfg.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
+    rx, rn, _ = prepare_cloud(pair["ref"], cfg.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
     with torch.no_grad():
         out = model(sx, sn, rx, rn)
         matches = model.match(out)
@@ -81,7 +83,8 @@ def run_roitr(model, pair):
     for pose in ("lgr", "svd", "ransac"):
         t0 = time.perf_counter()
         transform, _ = model.estimate(matches, pose)
-        results[pose] = (transform, forward + time.perf_counter() - t0,
+        pose_seconds = time.perf_counter() - t0
+        results[pose] = (transform, forward + pose_seconds, pose_seconds,
                          matches["src_points"].double().numpy(), matches["ref_points"].double().numpy())
     return results
 
@@ -111,17 +114,20 @@ def main(argv=None):
             continue
         rows = {m: [] for m in ("roitr_lgr", "roitr_svd", "roitr_ransac", "fpfh_ransac")}
         for pair in pairs:
-            for pose, (t, secs, sc, rc) in run_roitr(model, pair).items():
-                rows[f"roitr_{pose}"].append((evaluate(t, pair, sc, rc), secs))
+            for pose, (t, secs, pose_secs, sc, rc) in run_roitr(model, pair).items():
+                rows[f"roitr_{pose}"].append((evaluate(t, pair, sc, rc), secs, pose_secs))
             res = fpfh.register(pair["src"], pair["ref"])
             sc = pair["src"][res.correspondences[:, 0]]
             rc = pair["ref"][res.correspondences[:, 1]]
-            rows["fpfh_ransac"].append((evaluate(res.transform, pair, sc, rc), res.seconds))
-        ref_seconds = float(np.mean([s for _, s in rows["fpfh_ransac"]]))
+            rows["fpfh_ransac"].append((evaluate(res.transform, pair, sc, rc), res.seconds, res.seconds))
+        ref_seconds = float(np.mean([s for _, s, _ in rows["fpfh_ransac"]]))
         for method, items in rows.items():
-            recs = [r for r, _ in items]
-            report(f"registration/{name}/{method}", float(np.mean([s for _, s in items])), "fpfh_ransac", ref_seconds, None,
-                   args.json, pairs=len(recs), rr=float(np.mean([r["hit"] for r in recs])),
+            recs = [r for r, _, _ in items]
+            report(f"registration/{name}/{method}", float(np.mean([s for _, s, _ in items])), "fpfh_ransac", ref_seconds, None,
+                   args.json, pairs=len(recs), pose_seconds=float(np.mean([p for _, _, p in items])),
+                   per_pair=[{"hit": bool(r["hit"]), "ir": round(float(r["inlier_ratio"]), 4), "seconds": round(s, 3)}
+                             for r, s, _ in items],
+                   rr=float(np.mean([r["hit"] for r in recs])),
                    ir=float(np.mean([r["inlier_ratio"] for r in recs])),
                    rre_median=float(np.median([r["rre"] for r in recs])), rte_median=float(np.median([r["rte"] for r in recs])))
 

@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     from pc3d.models.build import build_model, load_weights
 
     cfg = load_config(args.config, args.overrides)
+    from pc3d.models.registration.training import is_registration_config
+    if is_registration_config(cfg):  # model.type: roitr -> synthetic validation pairs, RR / IR
+        return _test_registration(cfg, args)
     dist_info = init_distributed(args.device)
     try:
         model = build_model(cfg)
@@ -78,6 +81,23 @@ def main(argv=None) -> int:
             print(f"{len(predictions)} frames, {seconds * 1e3:.1f} ms/frame; metrics and renders: {out_dir}")
     finally:
         cleanup(dist_info)
+    return 0
+
+
+def _test_registration(cfg: dict, args) -> int:
+    import torch
+    from pc3d.models.registration.training import evaluate_checkpoint
+    torch.set_num_threads(1)
+    metrics = evaluate_checkpoint(cfg, args.checkpoint)
+    out_dir = args.out_dir or args.checkpoint.parent / "eval_val"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:35s} {value:.4f}" if isinstance(value, float) else f"{key:35s} {value}")
+        print(f"metrics: {out_dir / 'metrics.json'}")
     return 0
 
 

@@ -38,6 +38,9 @@ def main(argv=None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     work_dir = args.work_dir or Path("work_dirs") / args.config.stem
+    from pc3d.models.registration.training import is_registration_config
+    if is_registration_config(cfg):  # model.type: roitr -> the registration trainer (single process, CPU)
+        return _train_registration(cfg, work_dir, args)
     dist_info = init_distributed(args.device)
     try:
         model = build_model(cfg)
@@ -61,6 +64,18 @@ def main(argv=None) -> int:
             print(f"checkpoints and logs: {work_dir}", file=sys.stderr)
     finally:
         cleanup(dist_info)
+    return 0
+
+
+def _train_registration(cfg: dict, work_dir: Path, args) -> int:
+    from pc3d.models.registration.training import train_from_config
+    if args.resume or args.eval:
+        raise SystemExit("registration configs support --work-dir, --set, --load-from and --json (no --resume/--eval;"
+                         " evaluate with tools/test.py CONFIG WORK_DIR/latest.pth)")
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    summary = train_from_config(cfg, work_dir, log=log, load_from=args.load_from)
+    print(json.dumps(summary, indent=None if args.json else 2))
+    print(f"checkpoints and logs: {work_dir}", file=sys.stderr)
     return 0
 
 

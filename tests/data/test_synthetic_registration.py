@@ -171,3 +171,23 @@ def test_3dmatch_layout_round_trip(tmp_path):
     import json
     meta = json.loads((tmp_path / "metadata" / "SynMatch.json").read_text())
     assert len(meta) == totals["SynMatch"]
+
+
+def test_no_free_camera_position_draws_again(monkeypatch):
+    """A room with nowhere to stand must not abort a training run: the generator moves on to the next room,
+    and only a seed with no usable room at all raises (clearly)."""
+    import pc3d.data.synthetic.registration_pairs as pairs
+
+    calls = {"n": 0}
+    real = pairs._free_position
+
+    def first_ten_fail(room, rng, near=None, step=0.0):
+        calls["n"] += 1
+        return None if calls["n"] <= 10 else real(room, rng, near, step)
+
+    monkeypatch.setattr(pairs, "_free_position", first_ten_fail)
+    pair = pairs.make_registration_pair(3, overlap="high")
+    assert pairs.HIGH_OVERLAP[0] <= pair.overlap <= pairs.HIGH_OVERLAP[1]
+    monkeypatch.setattr(pairs, "_free_position", lambda *a, **k: None)
+    with pytest.raises(RuntimeError, match="no pair with overlap"):
+        pairs.make_registration_pair(3, overlap="high", max_attempts=3)

@@ -70,3 +70,18 @@ def test_build_registration_and_bad_input():
         reg.register(np.zeros((5, 2)), np.zeros((5, 3)))
     with pytest.raises(TypeError):
         reg.register("points.ply", np.zeros((5, 3)))
+
+
+def test_synthetic_room_pair_ransac_then_icp():
+    """High-overlap synthetic pair: RANSAC lands within a few cm / degrees, point-to-plane ICP (0.4 * voxel)
+    closes the rest. (Low-overlap room pairs legitimately fail: a pose sliding along the walls has more FPFH
+    inliers and a higher fitness than the ground truth.)"""
+    from pc3d.data.synthetic.registration_pairs import make_registration_pair
+    pair = make_registration_pair(100000, overlap="high")  # overlap 0.79
+    coarse = FPFHRansacRegistration(voxel_size=0.05, icp=False).register(pair.src_points, pair.ref_points)
+    fine = FPFHRansacRegistration(voxel_size=0.05, icp=True).register(pair.src_points, pair.ref_points)
+    assert relative_rotation_error(coarse.transform, pair.transform) < 5
+    assert relative_translation_error(coarse.transform, pair.transform) < 0.15
+    assert relative_rotation_error(fine.transform, pair.transform) < 0.5
+    assert relative_translation_error(fine.transform, pair.transform) < 0.02
+    assert relative_translation_error(fine.transform, pair.transform) < relative_translation_error(coarse.transform, pair.transform)

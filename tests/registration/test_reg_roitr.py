@@ -173,7 +173,7 @@ def test_shipped_checkpoint_matches_its_config():
     from pc3d.models.registration.training import load_config_yaml
     config, train = load_config_yaml(Path(__file__).resolve().parents[2] / "configs/threedmatch/roitr_synthetic_tiny.yaml")
     model = load_checkpoint(DEFAULT_CHECKPOINT)
-    assert model.config == config and train.minutes <= 20
+    assert model.config == config and train.minutes <= 60
     assert DEFAULT_CHECKPOINT.stat().st_size < 5 * 2 ** 20
     payload = torch.load(str(DEFAULT_CHECKPOINT), weights_only=True)
     assert payload["iterations"] > 0

@@ -235,7 +235,8 @@ def look_at_pose(position: np.ndarray, target: np.ndarray, roll: float = 0.0) ->
 
 
 def _free_position(room: Room, rng: np.random.Generator, near: np.ndarray | None = None, step: float = 0.0):
-    """A camera position inside the room, not above furniture; near `near` (within `step`) if given."""
+    """A camera position inside the room, not above furniture; near `near` (within `step`) if given.
+    None when 200 draws found none (e.g. `near` in a corner full of furniture): the caller draws again."""
     margin = 0.35
     for _ in range(200):
         if near is None:
@@ -251,7 +252,7 @@ def _free_position(room: Room, rng: np.random.Generator, near: np.ndarray | None
                 continue
         if room.placer.free(xy, (0.05, 0.05), 0.0):
             return np.array([xy[0], xy[1], z])
-    raise RuntimeError("could not find a free camera position in the room")
+    return None
 
 
 def _random_target(room: Room, rng: np.random.Generator) -> np.ndarray:
@@ -319,12 +320,17 @@ def make_registration_pair(seed: int, overlap="high", room_config: RoomConfig | 
     rng = _rng(seed, 202)
     for attempt in range(max_attempts):
         room = generate_room(int(seed) * 7919 + attempt, room_config)
-        ref_pose = look_at_pose(_free_position(room, rng), _random_target(room, rng), rng.normal(0, 0.05))
+        ref_position = _free_position(room, rng)
+        if ref_position is None:
+            continue
+        ref_pose = look_at_pose(ref_position, _random_target(room, rng), rng.normal(0, 0.05))
         ref = scan_depth(room.scene, ref_pose, camera, rng)
         for _ in range(12):
             # bigger moves for lower overlaps
             step = rng.uniform(0.2, 1.0) if band[0] >= 0.3 else rng.uniform(0.5, 2.0)
             position = _free_position(room, rng, ref_pose[:3, 3], step)
+            if position is None:
+                continue
             target = ref_pose[:3, 3] + ref_pose[:3, 2] * 2.0 + rng.normal(0, 0.6 if band[0] >= 0.3 else 1.5, 3)
             src_pose = look_at_pose(position, target, rng.normal(0, 0.05))
             src = scan_depth(room.scene, src_pose, camera, rng)
@@ -385,10 +391,14 @@ def write_registration_dataset(out_dir, pairs: int, seed: int, fragments_per_sce
         room = generate_room(scene_seed, room_config)
         rng = _rng(scene_seed, 303)
         position = _free_position(room, rng)
+        if position is None:  # a room too full of furniture to stand in: take the next scene
+            scene_index += 1
+            continue
         scans = []
         for k in range(fragments_per_scene):
             if k:
-                position = _free_position(room, rng, position, rng.uniform(0.2, 0.8))
+                moved = _free_position(room, rng, position, rng.uniform(0.2, 0.8))
+                position = moved if moved is not None else position
             pose = look_at_pose(position, _random_target(room, rng), rng.normal(0, 0.05))
             scans.append(scan_depth(room.scene, pose, camera, rng))
         entries = {name: [] for name in BENCHMARKS}

@@ -22,14 +22,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pc3d.ops.point_ops import estimate_normals, farthest_point_sample, three_nn_interpolate
+from pc3d.ops.point_ops import estimate_normals, three_nn_interpolate
 
 from .api import Registration, RegistrationResult, validate_cloud
 from .geometric_embedding import GeometricStructureEmbedding, RotationInvariantPosition
 from .matching import build_patches, mutual_topk_correspondences, superpoint_matching
 from .optimal_transport import LearnableLogOptimalTransport
 from .pose import local_to_global_registration, ransac_correspondences, weighted_svd
-from .ppf_attention import LocalPPFAttention, PointInstanceNorm, neighbourhood_ppf
+from .ppf_attention import LocalPPFAttention, make_norm, neighbourhood_ppf
+from .sampling import farthest_point_sample
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[3] / "checkpoints" / "roitr_synthetic_tiny.pth"
 
@@ -59,6 +60,8 @@ class RoITrConfig:
     inlier_threshold: float = 0.1
     refine_iterations: int = 5
     normal_k: int = 33
+    norm: str = "instance"                       # "instance" (per-cloud statistics) | "layer" (per point)
+    max_input_points: int = 8000                 # random subset before normals (train and test alike)
 
     def __post_init__(self):
         self.strides = tuple(int(s) for s in self.strides)
@@ -120,14 +123,14 @@ class PPFBackbone(nn.Module):
         self.config = config
         w = config.widths
         self.input_proj = nn.Linear(1, w[0])
-        self.blocks = nn.ModuleList([LocalPPFAttention(w[l], w[l], config.distance_scale) for l in range(len(w))])
-        self.downs = nn.ModuleList([nn.Identity()] + [LocalPPFAttention(w[l - 1], w[l], config.distance_scale)
+        self.blocks = nn.ModuleList([LocalPPFAttention(w[l], w[l], config.distance_scale, config.norm) for l in range(len(w))])
+        self.downs = nn.ModuleList([nn.Identity()] + [LocalPPFAttention(w[l - 1], w[l], config.distance_scale, config.norm)
                                                       for l in range(1, len(w))])
         self.ups = nn.ModuleDict()
         for l in range(len(w) - 2, config.fine_level - 1, -1):
             self.ups[str(l)] = nn.ModuleDict({
-                "skip": nn.Linear(w[l], w[l]), "coarse": nn.Linear(w[l + 1], w[l]), "norm": PointInstanceNorm(w[l]),
-                "block": LocalPPFAttention(w[l], w[l], config.distance_scale)})
+                "skip": nn.Linear(w[l], w[l]), "coarse": nn.Linear(w[l + 1], w[l]), "norm": make_norm(config.norm, w[l]),
+                "block": LocalPPFAttention(w[l], w[l], config.distance_scale, config.norm)})
 
     def forward(self, pyr: Pyramid):
         n0 = pyr.xyz[0].shape[0]
@@ -152,7 +155,7 @@ class PPFBackbone(nn.Module):
 class _Attention(nn.Module):
     """Multi-head attention with an optional relative embedding added to the keys (GeoTransformer RPE)."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, norm: str = "instance"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"global_dim {dim} not divisible by num_heads {heads}")
@@ -162,9 +165,9 @@ class _Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
         # per-cloud instance norm, not LayerNorm: with LayerNorm the superpoint features collapsed to one
         # vector per cloud during training (attention averages away the differences between superpoints)
-        self.norm1 = PointInstanceNorm(dim)
+        self.norm1 = make_norm(norm, dim)
         self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(inplace=True), nn.Linear(2 * dim, dim))
-        self.norm2 = PointInstanceNorm(dim)
+        self.norm2 = make_norm(norm, dim)
 
     def forward(self, x, q_in, k_in, v_in, relative=None):
         h, dh = self.heads, self.dim // self.heads
@@ -187,13 +190,13 @@ class GlobalTransformer(nn.Module):
     def __init__(self, config: RoITrConfig):
         super().__init__()
         d = config.global_dim
-        self.in_norm = PointInstanceNorm(config.widths[-1])
+        self.in_norm = make_norm(config.norm, config.widths[-1])
         self.in_proj = nn.Linear(config.widths[-1], d)
         self.geo = GeometricStructureEmbedding(d, config.sigma_d, config.sigma_a, config.angle_k)
         self.position = RotationInvariantPosition(d, config.position_k, config.distance_scale)
-        self.self_layers = nn.ModuleList([_Attention(d, config.num_heads) for _ in range(config.num_blocks)])
-        self.cross_layers = nn.ModuleList([_Attention(d, config.num_heads) for _ in range(config.num_blocks)])
-        self.out_norm = PointInstanceNorm(d)
+        self.self_layers = nn.ModuleList([_Attention(d, config.num_heads, config.norm) for _ in range(config.num_blocks)])
+        self.cross_layers = nn.ModuleList([_Attention(d, config.num_heads, config.norm) for _ in range(config.num_blocks)])
+        self.out_norm = make_norm(config.norm, d)
         self.out_proj = nn.Linear(d, d)
 
     def forward(self, src_xyz, src_n, src_feats, ref_xyz, ref_n, ref_feats):
@@ -306,14 +309,27 @@ def load_checkpoint(path, map_location="cpu") -> RoITr:
     return model.eval()
 
 
-def prepare_cloud(points: np.ndarray, num_points: int, normal_k: int = 33, dtype=torch.float32):
-    """Normals on the full cloud (Open3D kNN, facing the origin), then FPS down to `num_points`.
+def input_subset(num_input: int, max_input_points: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded random subset of at most `max_input_points` of `num_input` points (all when
+    None/0). It depends only on the count and the seed, never on coordinates, so rotating the cloud
+    selects the same points."""
+    if not max_input_points or num_input <= max_input_points:
+        return np.arange(num_input)
+    return np.sort(np.random.default_rng(seed).choice(num_input, int(max_input_points), replace=False))
 
-    Returns (xyz (M, 3) tensor, normals (M, 3) tensor, indices (M,) into `points`)."""
+
+def prepare_cloud(points: np.ndarray, num_points: int, normal_k: int = 33, dtype=torch.float32,
+                  max_input_points: int | None = None, seed: int = 0):
+    """Seeded random subset of at most `max_input_points` (the density the model was trained at: kNN normals
+    depend on it), normals on it (Open3D kNN, facing the origin), then FPS down to `num_points`.
+
+    Returns (xyz (M, 3) tensor, normals (M, 3) tensor, indices (M,) int64 tensor into `points`)."""
+    subset = input_subset(len(points), max_input_points, seed)
+    points = np.asarray(points)[subset]
     normals = estimate_normals(points, k=normal_k)
     pts = torch.from_numpy(np.ascontiguousarray(points)).to(dtype)
     idx = farthest_point_sample(pts, num_points)
-    return pts[idx], torch.from_numpy(normals).to(dtype)[idx], idx
+    return pts[idx], torch.from_numpy(normals).to(dtype)[idx], torch.from_numpy(subset)[idx]
 
 
 class RoITrRegistration(Registration):
@@ -338,8 +354,8 @@ class RoITrRegistration(Registration):
         ref = validate_cloud(ref, "ref")
         start = time.perf_counter()
         cfg = self.model.config
-        sx, sn, s_idx = prepare_cloud(src, self.num_points, cfg.normal_k)
-        rx, rn, r_idx = prepare_cloud(ref, self.num_points, cfg.normal_k)
+        sx, sn, s_idx = prepare_cloud(src, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
+        rx, rn, r_idx = prepare_cloud(ref, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
         with torch.no_grad():
             out = self.model(sx, sn, rx, rn)
             matches = self.model.match(out)
