@@ -70,7 +70,7 @@ def detection_demo(args, outputs: dict) -> None:
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     outputs["metrics"] = args.out / "metrics.json"
 
-    _step("renders: predictions (class colours) vs ground truth (white)")
+    _step("renders: predictions (class colours) vs ground truth (green)")
     for i in range(min(2, len(dataset))):
         frame = dataset[i]
         pts = frame.points.points.numpy()
