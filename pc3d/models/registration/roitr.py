@@ -291,12 +291,13 @@ class RoITr(nn.Module):
 
 
 def save_checkpoint(model: RoITr, path, extra: dict | None = None) -> None:
-    """`{"config": dict, "state_dict": ..., **extra}` via torch.save (loadable with weights_only=True)."""
+    """`{"config": dict, "state_dict": ..., **extra}` via torch.save (loadable with weights_only=True), written
+    atomically so an interrupted save never corrupts the last good checkpoint."""
     payload = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()},
                "state_dict": model.state_dict()}
     payload.update(extra or {})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, str(path))
+    from pc3d.engine.checkpoint import save_checkpoint as save_atomically  # temp file + rename
+    save_atomically(payload, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> RoITr:
