@@ -12,11 +12,13 @@ Inputs: the real scans (KITTI / nuScenes, or --points) pillarized on a Waymo-lik
   loop, all four orders.
 - Scattered windows: `torch.unique(return_inverse, return_counts)` + argsort.
 - SST regions: SST's in-window index by sort/bincount and a unique + dense buffer per drop level.
-Every row checks that both sides give identical indices.
+Every row checks that both sides give identical indices. pc3d runs its numba CPU kernels (the default
+for CPU tensors); the rows ending in `,torch` time pc3d's exportable torch path (the GPU / ONNX one).
 """
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -127,38 +129,39 @@ def sst_port(coords, levels=DEFAULT_DROP_LEVELS):
 
 
 # ---------------------------------------------------------------- pc3d calls
-def pc3d_sets(coords):
+def pc3d_sets(coords, backend="auto"):
     return [sets.voxel_index for w, s in ((WINDOW, (0, 0, 0)), (HYBRID, SHIFT))
-            for sets in rotated_set_pair(coords, SHAPE, w, SET_SIZE, s)]
+            for sets in rotated_set_pair(coords, SHAPE, w, SET_SIZE, s, backend=backend)]
 
 
 def port_sets(coords):
     return [sets for w, s in ((WINDOW, (0, 0, 0)), (HYBRID, SHIFT)) for sets in dsvt_sets_port(coords, w, SET_SIZE, s)]
 
 
-def pc3d_one_set(coords):
-    return rotated_sets(coords, SHAPE, WINDOW, SET_SIZE, "x").voxel_index
+def pc3d_one_set(coords, backend="auto"):
+    return rotated_sets(coords, SHAPE, WINDOW, SET_SIZE, "x", backend=backend).voxel_index
 
 
 def loop_one_set(coords):
     return torch.tensor(rotated_sets_reference(coords, SHAPE, WINDOW, SET_SIZE, "x"), dtype=torch.long)
 
 
-def pc3d_groups(coords):
-    return [flattened_window_groups(coords, SHAPE, (12, 12), 69, o[0], o.endswith("shift")).voxel_index for o in ORDERS]
+def pc3d_groups(coords, backend="auto"):
+    return [flattened_window_groups(coords, SHAPE, (12, 12), 69, o[0], o.endswith("shift"), backend=backend).voxel_index
+            for o in ORDERS]
 
 
 def port_groups(coords):
     return [flattened_window_groups_reference(coords, SHAPE, (12, 12), 69, o[0], o.endswith("shift")) for o in ORDERS]
 
 
-def pc3d_scatter(coords):
-    s = scattered_windows(coords, SHAPE, WINDOW, SHIFT)
+def pc3d_scatter(coords, backend="auto"):
+    s = scattered_windows(coords, SHAPE, WINDOW, SHIFT, backend=backend)
     return s.order, s.offsets, s.counts
 
 
-def pc3d_sst(coords):
-    r = sst_region_groups(coords, SHAPE, WINDOW, SHIFT)
+def pc3d_sst(coords, backend="auto"):
+    r = sst_region_groups(coords, SHAPE, WINDOW, SHIFT, backend=backend)
     return r.keep_mask, [torch.where(level.key_padding_mask, -1, level.voxel_index) for level in r.levels]
 
 
@@ -183,6 +186,8 @@ def main(argv=None):
              ("flatformer_groups(4 orders)", pc3d_groups, "flatformer_argsort_loop", port_groups),
              ("scattered_windows", pc3d_scatter, "unique_argsort", scattered_port),
              ("sst_regions", pc3d_sst, "sst_unique_dense_port", sst_port)]
+    cases += [(f"{name[:-1]},torch)" if name.endswith(")") else f"{name}(torch)", partial(fn, backend="torch"), ref_name,
+               ref_fn) for name, fn, ref_name, ref_fn in cases if ref_fn is not loop_one_set]
     for label, coords in frames:
         for name, fn, ref_name, ref_fn in cases:
             identical = _same(fn(coords), ref_fn(coords))

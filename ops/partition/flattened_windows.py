@@ -10,15 +10,18 @@ voxels one group earlier (FlatFormer's rule), or cyclically when the sample has 
 group (FlatFormer would read the previous sample there).
 
 Four orderings are used by a FlatFormer block: along x, along x with a half-window shift, along y
-and along y shifted (`ORDERS`).
+and along y shifted (`ORDERS`). On CPU tensors (outside export) fused numba kernels compute the same
+groups (`backend="auto"`); `backend="torch"` forces the exportable path.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
-from .windows import as_triple, check_coords, check_sparse_shape, expand_segments, num_windows, segments_of_sorted
+from .windows import (as_triple, check_coords, check_sparse_shape, coords_numpy, expand_segments, num_windows,
+                      raise_on_status, resolve_backend, segments_of_sorted)
 
 ORDERS = ("x", "x_shift", "y", "y_shift")
 
@@ -98,25 +101,46 @@ def _pad_groups(order: torch.Tensor, batch_sorted: torch.Tensor, group_size: int
 
 
 def flattened_window_groups(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape: Sequence[int],
-                            group_size: int, axis: str = "x", shifted: bool = False) -> FlattenedGroups:
+                            group_size: int, axis: str = "x", shifted: bool = False,
+                            backend: str = "auto") -> FlattenedGroups:
     """Flattened-window groups of one ordering (`axis` "x"/"y", `shifted` by half a window).
 
     coords: (V, 4) int (batch, z, y, x). Groups never mix samples; each group is a contiguous run of
     the flattened order (padding slots repeat earlier voxels of the same sample).
+    backend: "auto" (numba for CPU tensors outside export, else torch), "numba" or "torch".
     """
     if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
         raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
+    if resolve_backend(backend, coords) == "numba":
+        return _flattened_window_groups_numba(coords, sparse_shape, window_shape, group_size, axis, shifted)
     key = flattened_window_key(coords, sparse_shape, window_shape, axis, shifted)
     order = torch.argsort(key)  # keys are unique for unique coords: no stable sort needed (ONNX has none)
     return _pad_groups(order, coords[order, 0].long(), group_size)
 
 
+def _flattened_window_groups_numba(coords, sparse_shape, window_shape, group_size, axis, shifted) -> FlattenedGroups:
+    from . import _partition_numba as kernels
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis: expected 'x' or 'y', got {axis!r}")
+    sparse_shape = check_sparse_shape(sparse_shape)
+    wx, wy, _ = as_triple(window_shape, "window_shape", 1)
+    coords_np = coords_numpy(coords)
+    nwx, nwy, _ = num_windows(sparse_shape, (wx, wy, 1))
+    status, keys = kernels.flattened_keys(coords_np, *sparse_shape, wx, wy, nwx, nwy, axis == "x", bool(shifted))
+    raise_on_status(status, sparse_shape)
+    order = kernels.radix_argsort(keys)
+    voxel_index, is_pad, slot_of_voxel = kernels.pad_groups(order, np.ascontiguousarray(coords_np[:, 0]), group_size)
+    return FlattenedGroups(torch.from_numpy(order), torch.from_numpy(voxel_index), torch.from_numpy(is_pad),
+                           torch.from_numpy(slot_of_voxel))
+
+
 def flattened_window_mappings(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape: Sequence[int],
-                              group_size: int) -> dict[str, FlattenedGroups]:
+                              group_size: int, backend: str = "auto") -> dict[str, FlattenedGroups]:
     """All four FlatFormer orderings, keyed by `ORDERS` ("x", "x_shift", "y", "y_shift")."""
-    coords = check_coords(coords, check_sparse_shape(sparse_shape))  # validate once, not per order
+    if resolve_backend(backend, coords) == "torch":
+        coords = check_coords(coords, check_sparse_shape(sparse_shape))  # validate once, not per order
     return {name: flattened_window_groups(coords, sparse_shape, window_shape, group_size,
-                                          axis=name[0], shifted=name.endswith("shift"))
+                                          axis=name[0], shifted=name.endswith("shift"), backend=backend)
             for name in ORDERS}
 
 

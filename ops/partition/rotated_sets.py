@@ -10,6 +10,8 @@ so every voxel lands in exactly one set (padding repeats neighbours, nothing is 
 repeats of a set are adjacent; `key_padding_mask` marks them (True = ignore as attention key).
 
 Pure PyTorch: the in-window rank is `position - start_of_window` after one sort (no CUDA counter op).
+On CPU tensors (outside export) the same layout comes from fused numba kernels (`backend="auto"`),
+identical output; `backend="torch"` forces the exportable path.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .windows import as_triple, check_sparse_shape, expand_segments, sorted_segments, window_partition
+from .windows import (as_triple, check_sparse_shape, coords_numpy, expand_segments, resolve_backend, sorted_segments,
+                      window_partition, window_partition_numpy)
 
 AXES = ("x", "y")
 
@@ -51,7 +54,8 @@ def in_window_sort_key(coords_in_window: torch.Tensor, window_shape: Sequence[in
 
 
 def rotated_sets(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape: Sequence[int],
-                 set_size: int, axis: str = "x", shift: Sequence[int] = (0, 0, 0)) -> RotatedSets:
+                 set_size: int, axis: str = "x", shift: Sequence[int] = (0, 0, 0),
+                 backend: str = "auto") -> RotatedSets:
     """Partition voxels into DSVT's window-bounded, equal-size sets.
 
     Args:
@@ -61,25 +65,29 @@ def rotated_sets(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape
         set_size: S, voxels per set (e.g. 36 for pillars, 48 for 3D voxels).
         axis: "x" (x-major order within the window) or "y" (y-major).
         shift: (sx, sy, sz) grid shift applied before windowing (DSVT uses half a window).
+        backend: "auto" (numba for CPU tensors outside export, else torch), "numba" or "torch".
     Sets are ordered by window id, then by set index within the window.
     """
     if axis not in AXES:
         raise ValueError(f"axis: expected one of {AXES}, got {axis!r}")
-    return _rotated_sets(coords, sparse_shape, window_shape, set_size, (axis,), shift)[0]
+    return _rotated_sets(coords, sparse_shape, window_shape, set_size, (axis,), shift, backend)[0]
 
 
 def rotated_set_pair(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape: Sequence[int],
-                     set_size: int, shift: Sequence[int] = (0, 0, 0)) -> tuple[RotatedSets, RotatedSets]:
+                     set_size: int, shift: Sequence[int] = (0, 0, 0),
+                     backend: str = "auto") -> tuple[RotatedSets, RotatedSets]:
     """`(y_sets, x_sets)` of one window configuration, sharing the window partition and set layout
     (as a DSVT block uses them: a y-set layer, then an x-set layer). Same arguments as `rotated_sets`."""
-    return _rotated_sets(coords, sparse_shape, window_shape, set_size, ("y", "x"), shift)
+    return _rotated_sets(coords, sparse_shape, window_shape, set_size, ("y", "x"), shift, backend)
 
 
-def _rotated_sets(coords, sparse_shape, window_shape, set_size, axes, shift) -> list[RotatedSets]:
+def _rotated_sets(coords, sparse_shape, window_shape, set_size, axes, shift, backend) -> list[RotatedSets]:
     if not isinstance(set_size, int) or isinstance(set_size, bool) or set_size < 1:
         raise ValueError(f"set_size: expected a positive int, got {set_size!r}")
     sparse_shape = check_sparse_shape(sparse_shape)
     window_shape = as_triple(window_shape, "window_shape", 1)
+    if resolve_backend(backend, coords) == "numba":
+        return _rotated_sets_numba(coords, sparse_shape, window_shape, set_size, axes, as_triple(shift, "shift", 0))
     part = window_partition(coords, sparse_shape, window_shape, shift)
     volume = window_shape[0] * window_shape[1] * window_shape[2]
     device = part.window_id.device
@@ -123,6 +131,23 @@ def _rotated_sets(coords, sparse_shape, window_shape, set_size, axes, shift) -> 
         slot_of_voxel = torch.full_like(part.window_id, num_sets * set_size).scatter_reduce(
             0, voxel_index.reshape(-1), candidate, reduce="amin", include_self=True)
         out.append(RotatedSets(voxel_index, repeat, set_window, slot_of_voxel, part.coords_in_window))
+    return out
+
+
+def _rotated_sets_numba(coords, sparse_shape, window_shape, set_size, axes, shift) -> list[RotatedSets]:
+    from . import _partition_numba as kernels
+    window_id, in_window = window_partition_numpy(coords_numpy(coords), sparse_shape, window_shape, shift)
+    orders = [kernels.radix_argsort(kernels.in_window_keys(window_id, in_window, *window_shape, axis == "x"))
+              for axis in axes]
+    _, starts, counts = kernels.runs(window_id[orders[0]])
+    rank, window_of_set, repeat = kernels.set_layout(starts, counts, set_size)
+    set_window = torch.from_numpy(window_id[orders[0][starts]][window_of_set])
+    repeat, in_window = torch.from_numpy(repeat), torch.from_numpy(in_window)
+    out = []
+    for order in orders:
+        voxel_index, slot_of_voxel = kernels.sets_of_order(order, starts, rank, window_of_set, repeat.numpy())
+        out.append(RotatedSets(torch.from_numpy(voxel_index), repeat, set_window, torch.from_numpy(slot_of_voxel),
+                               in_window))
     return out
 
 

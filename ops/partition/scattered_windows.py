@@ -12,7 +12,8 @@ from typing import NamedTuple, Sequence
 import torch
 
 from .rotated_sets import in_window_sort_key
-from .windows import as_triple, inverse_permutation, sorted_segments, window_partition
+from .windows import (as_triple, check_sparse_shape, coords_numpy, inverse_permutation, resolve_backend, sorted_segments,
+                      window_partition, window_partition_numpy)
 
 
 class ScatteredWindows(NamedTuple):
@@ -33,10 +34,14 @@ class ScatteredWindows(NamedTuple):
 
 
 def scattered_windows(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape: Sequence[int],
-                      shift: Sequence[int] = (0, 0, 0)) -> ScatteredWindows:
+                      shift: Sequence[int] = (0, 0, 0), backend: str = "auto") -> ScatteredWindows:
     """Sort voxels by window: coords (V, 4) int (batch, z, y, x), window_shape (wx, wy, wz),
-    shift (sx, sy, sz). Samples never share a window (the batch index is part of the window id)."""
+    shift (sx, sy, sz). Samples never share a window (the batch index is part of the window id).
+    backend: "auto" (numba for CPU tensors outside export, else torch), "numba" or "torch"."""
     window_shape = as_triple(window_shape, "window_shape", 1)
+    if resolve_backend(backend, coords) == "numba":
+        return _scattered_windows_numba(coords, check_sparse_shape(sparse_shape), window_shape,
+                                        as_triple(shift, "shift", 0))
     part = window_partition(coords, sparse_shape, window_shape, shift)
     volume = window_shape[0] * window_shape[1] * window_shape[2]
     inner = in_window_sort_key(part.coords_in_window, window_shape, "x")
@@ -46,3 +51,13 @@ def scattered_windows(coords: torch.Tensor, sparse_shape: Sequence[int], window_
     window_id = part.window_id[seg.order[seg.starts]]
     return ScatteredWindows(seg.order, seg.starts, seg.counts, window_of_voxel, window_id, inverse,
                             part.coords_in_window)
+
+
+def _scattered_windows_numba(coords, sparse_shape, window_shape, shift) -> ScatteredWindows:
+    from . import _partition_numba as kernels
+    window_id, in_window = window_partition_numpy(coords_numpy(coords), sparse_shape, window_shape, shift)
+    order = kernels.radix_argsort(kernels.in_window_keys(window_id, in_window, *window_shape, True))
+    segment, starts, counts = kernels.runs(window_id[order])
+    inverse, window_of_voxel = kernels.scatter_of_order(order, segment)
+    return ScatteredWindows(*(torch.from_numpy(a) for a in (order, starts, counts, window_of_voxel,
+                                                              window_id[order[starts]], inverse, in_window)))

@@ -8,6 +8,9 @@ range) the voxels of in-window rank `>= max_tokens[l]` are **dropped** from atte
 the order of appearance of the voxel rows (shuffle the rows beforehand to drop at random, as SST
 does in training). A window matching no level drops all its voxels.
 
+On CPU tensors (outside export) fused numba kernels compute the same buckets (`backend="auto"`);
+`backend="torch"` forces the exportable path.
+
 Default levels are SST's Waymo training setting: (30 tokens for 0-30 voxels, 60 for 30-60, 100 for
 60 and more).
 """
@@ -17,7 +20,10 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .windows import sorted_segments, window_partition
+import numpy as np
+
+from .windows import (as_triple, check_sparse_shape, coords_numpy, resolve_backend, sorted_segments, window_partition,
+                      window_partition_numpy)
 
 DEFAULT_DROP_LEVELS = ((30, 0, 30), (60, 30, 60), (100, 60, 1 << 40))
 
@@ -71,13 +77,17 @@ def _check_levels(drop_levels) -> tuple[tuple[int, int, int], ...]:
 
 def sst_region_groups(coords: torch.Tensor, sparse_shape: Sequence[int], window_shape: Sequence[int],
                       shift: Sequence[int] = (0, 0, 0),
-                      drop_levels: Sequence[Sequence[int]] = DEFAULT_DROP_LEVELS) -> SSTRegions:
+                      drop_levels: Sequence[Sequence[int]] = DEFAULT_DROP_LEVELS, backend: str = "auto") -> SSTRegions:
     """Bucket the windows of `coords` (V, 4) (batch, z, y, x) into SST's token budgets.
 
     drop_levels: sequence of (max_tokens, lower, upper); a window with `lower <= N < upper` voxels
-    belongs to the level.
+    belongs to the level (the first matching level when ranges overlap).
+    backend: "auto" (numba for CPU tensors outside export, else torch), "numba" or "torch".
     """
     levels = _check_levels(drop_levels)
+    if resolve_backend(backend, coords) == "numba":
+        return _sst_region_groups_numba(coords, check_sparse_shape(sparse_shape), as_triple(window_shape, "window_shape", 1),
+                                        as_triple(shift, "shift", 0), levels)
     part = window_partition(coords, sparse_shape, window_shape, shift)
     seg = sorted_segments(part.window_id)          # stable sort keeps the order of appearance
     device = part.window_id.device
@@ -119,3 +129,21 @@ def sst_region_groups(coords: torch.Tensor, sparse_shape: Sequence[int], window_
         window_id = part.window_id[seg.order[seg.starts[windows]]]
         out.append(SSTLevel(voxel_index, mask.expand_as(voxel_index).clone(), window_id))
     return SSTRegions(tuple(out), keep_mask, level_of_voxel, part.coords_in_window, slot_of_voxel)
+
+
+def _sst_region_groups_numba(coords, sparse_shape, window_shape, shift, levels) -> SSTRegions:
+    from . import _partition_numba as kernels
+    window_id, in_window = window_partition_numpy(coords_numpy(coords), sparse_shape, window_shape, shift)
+    order = kernels.radix_argsort(window_id)  # stable: order of appearance inside a window
+    segment, starts, counts = kernels.runs(window_id[order])
+    budgets, lowers, uppers = (np.array(column, np.int64) for column in zip(*levels))
+    keep, level_of_voxel, slot_of_voxel, window_level, rows = kernels.sst_layout(order, segment, starts, counts,
+                                                                                 budgets, lowers, uppers)
+    out = []
+    for index, (max_tokens, _, _) in enumerate(levels):
+        voxel_index, mask, windows = kernels.sst_level(order, starts, counts, window_level, index, rows[index],
+                                                       max_tokens)
+        out.append(SSTLevel(torch.from_numpy(voxel_index), torch.from_numpy(mask),
+                            torch.from_numpy(window_id[order[starts[windows]]])))
+    return SSTRegions(tuple(out), torch.from_numpy(keep), torch.from_numpy(level_of_voxel), torch.from_numpy(in_window),
+                      torch.from_numpy(slot_of_voxel))

@@ -9,13 +9,15 @@ window index is `(coord + shift) // window` and the in-window coordinate `(coord
 Every grid gets one spare window per axis (`ceil(n / w) + 1`) so that shifted grids fit.
 
 Everything here is plain tensor arithmetic (sort, cumsum, gather) so the graph exports to ONNX;
-the checks on values are skipped while tracing/exporting.
+the checks on values are skipped while tracing/exporting. On CPU tensors outside export the partition
+ops run fused numba kernels instead (`_partition_numba.py`, `backend="auto"`), with identical output.
 """
 from __future__ import annotations
 
 import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 
@@ -51,8 +53,9 @@ def check_sparse_shape(sparse_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def check_coords(coords: torch.Tensor, sparse_shape: Sequence[int] | None = None,
-                 name: str = "coords") -> torch.Tensor:
-    """Validate `(V, 4)` integer `(batch, z, y, x)` coords and return them as int64."""
+                 name: str = "coords", check_values: bool = True) -> torch.Tensor:
+    """Validate `(V, 4)` integer `(batch, z, y, x)` coords and return them as int64 (`check_values=False`:
+    type, dtype and shape only; the numba kernels check the values in their own pass)."""
     if not isinstance(coords, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(coords).__name__}")
     if coords.dtype.is_floating_point or coords.dtype == torch.bool or coords.is_complex():
@@ -60,7 +63,7 @@ def check_coords(coords: torch.Tensor, sparse_shape: Sequence[int] | None = None
     if coords.ndim != 2 or coords.shape[1] != 4:
         raise ValueError(f"{name}: expected shape (V, 4) (batch, z, y, x), got {tuple(coords.shape)}")
     coords = coords.long()
-    if not is_exporting() and coords.shape[0] > 0:
+    if check_values and not is_exporting() and coords.shape[0] > 0:
         if bool((coords < 0).any()):
             raise ValueError(f"{name}: negative batch index or voxel coordinate")
         if sparse_shape is not None:
@@ -68,6 +71,47 @@ def check_coords(coords: torch.Tensor, sparse_shape: Sequence[int] | None = None
             if bool((coords >= upper).any()):
                 raise ValueError(f"{name}: a voxel coordinate lies outside sparse_shape {tuple(sparse_shape)} (nz, ny, nx)")
     return coords
+
+
+BACKENDS = ("auto", "numba", "torch")
+
+
+def resolve_backend(backend: str, coords) -> str:
+    """"numba" for CPU tensors outside tracing/export ("auto"), else "torch"; an explicit choice is checked."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    on_cpu = not isinstance(coords, torch.Tensor) or coords.device.type == "cpu"
+    if backend == "auto":
+        return "numba" if on_cpu and not is_exporting() else "torch"
+    if backend == "numba" and not on_cpu:
+        raise ValueError(f"backend: 'numba' runs on the CPU only, coords are on {coords.device}")
+    if backend == "numba" and is_exporting():
+        raise ValueError("backend: 'numba' cannot be traced or exported; use 'torch'")
+    return backend
+
+
+def coords_numpy(coords: torch.Tensor, name: str = "coords"):
+    """Type/shape-checked coords as a contiguous int64 numpy array for the numba kernels."""
+    return np.ascontiguousarray(check_coords(coords, None, name, check_values=False).numpy())
+
+
+def raise_on_status(status: int, sparse_shape, name: str = "coords") -> None:
+    """Turn a numba kernel's coordinate status into the torch path's error."""
+    from ._partition_numba import STATUS_NEGATIVE, STATUS_OUTSIDE
+    if status == STATUS_NEGATIVE:
+        raise ValueError(f"{name}: negative batch index or voxel coordinate")
+    if status == STATUS_OUTSIDE:
+        raise ValueError(f"{name}: a voxel coordinate lies outside sparse_shape {tuple(sparse_shape)} (nz, ny, nx)")
+
+
+def window_partition_numpy(coords_np, sparse_shape, window_shape, shift):
+    """(window_id (V,), coords_in_window (V, 3)) numpy arrays, as `window_partition` (numba kernel)."""
+    from ._partition_numba import window_coords
+    nz, ny, nx = sparse_shape
+    nwx, nwy, nwz = num_windows(sparse_shape, window_shape)
+    status, window_id, in_window = window_coords(coords_np, nz, ny, nx, *window_shape, *shift, nwx, nwy, nwz)
+    raise_on_status(status, sparse_shape)
+    return window_id, in_window
 
 
 def num_windows(sparse_shape: Sequence[int], window_shape: Sequence[int]) -> tuple[int, int, int]:
