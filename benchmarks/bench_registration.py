@@ -8,9 +8,12 @@ Datasets (one row per method and dataset):
 - `synthetic_rotated`: the same pairs with seeded Haar-uniform rotations of both clouds;
 - `3dlomatch_21_34`: the real PREDATOR fragment pair with the 3DLoMatch GT, RR by the gt.info criterion;
 - `--points FILE`: the scan against a moved half of itself (RR by RMSE).
-Columns: seconds per pair (model forward + pose; the reference is FPFH+RANSAC's time), `pose_seconds` (the
-pose estimator alone: LGR vs SVD vs RANSAC on the same correspondences), RR, IR (tau = 0.1 m) of the
-method's correspondences, median RRE / RTE, and `per_pair` (hit, IR, seconds of every pair).
+Methods: RoITr with LGR / weighted SVD / RANSAC poses and FPFH+RANSAC, each raw and `+icp`: refined by the
+same coarse-to-fine point-to-plane ICP (`pc3d.models.registration.refine.refine_icp`, 5 cm voxels, 10 -> 5 ->
+2 cm) on the same downsampled clouds, so raw compares with raw and refined with refined.
+Columns: seconds per pair (model forward + pose [+ ICP]; the reference is FPFH+RANSAC's time with the same
+refinement), `pose_seconds` (the pose estimator alone: LGR vs SVD vs RANSAC on the same correspondences), RR,
+IR (tau = 0.1 m) of the method's correspondences, median RRE / RTE, and `per_pair` (hit, IR, seconds of every pair).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from common import SHARED_DATA, benchmark_parser, report  # noqa: E402
 from pc3d.data.threedmatch import random_rotation, read_gt_info, read_gt_log  # noqa: E402
 from pc3d.evaluation.registration_metrics import evaluate_pair  # noqa: E402
 from pc3d.models.registration.fpfh_ransac import FPFHRansacRegistration  # noqa: E402
+from pc3d.models.registration.refine import downsample_with_normals, refine_icp  # noqa: E402
 from pc3d.models.registration.roitr import DEFAULT_CHECKPOINT, load_checkpoint, prepare_cloud  # noqa: E402
 from pc3d.models.registration.training import VAL_SEED  # noqa: E402
 
@@ -104,33 +108,41 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_checkpoint(args.ckpt)
-    fpfh = FPFHRansacRegistration(voxel_size=0.05)
+    fpfh = FPFHRansacRegistration(voxel_size=0.05, icp=False)  # refined below like every method
     datasets = [("synthetic", synthetic_pairs(args.pairs, False)), ("synthetic_rotated", synthetic_pairs(args.pairs, True)),
                 ("3dlomatch_21_34", real_pair())]
     if args.points is not None:
         datasets.append((args.points.name, self_pair(args.points, args.dim)))
+    methods = [f"{m}{suffix}" for suffix in ("", "+icp") for m in ("roitr_lgr", "roitr_svd", "roitr_ransac", "fpfh_ransac")]
     for name, pairs in datasets:
         if not pairs:
             continue
-        rows = {m: [] for m in ("roitr_lgr", "roitr_svd", "roitr_ransac", "fpfh_ransac")}
+        rows = {m: [] for m in methods}
         for pair in pairs:
-            for pose, (t, secs, pose_secs, sc, rc) in run_roitr(model, pair).items():
-                rows[f"roitr_{pose}"].append((evaluate(t, pair, sc, rc), secs, pose_secs))
+            raw = {f"roitr_{pose}": (t, secs, pose_secs, sc, rc) for pose, (t, secs, pose_secs, sc, rc) in run_roitr(model, pair).items()}
             res = fpfh.register(pair["src"], pair["ref"])
-            sc = pair["src"][res.correspondences[:, 0]]
-            rc = pair["ref"][res.correspondences[:, 1]]
-            rows["fpfh_ransac"].append((evaluate(res.transform, pair, sc, rc), res.seconds, res.seconds))
-        ref_seconds = float(np.mean([s for _, s, _ in rows["fpfh_ransac"]]))
+            raw["fpfh_ransac"] = (res.transform, res.seconds, res.seconds, pair["src"][res.correspondences[:, 0]],
+                                  pair["ref"][res.correspondences[:, 1]])
+            t0 = time.perf_counter()
+            clouds = downsample_with_normals(pair["src"], 0.05), downsample_with_normals(pair["ref"], 0.05)
+            prepare_seconds = time.perf_counter() - t0
+            for method, (t, secs, pose_secs, sc, rc) in raw.items():
+                rows[method].append((evaluate(t, pair, sc, rc), secs, pose_secs))
+                t0 = time.perf_counter()
+                refined, _ = refine_icp(*clouds, t, voxel_size=0.05)
+                icp_seconds = prepare_seconds + time.perf_counter() - t0
+                rows[f"{method}+icp"].append((evaluate(refined, pair, sc, rc), secs + icp_seconds, pose_secs))
         for method, items in rows.items():
+            reference = "fpfh_ransac" + ("+icp" if method.endswith("+icp") else "")
+            ref_seconds = float(np.mean([s for _, s, _ in rows[reference]]))
             recs = [r for r, _, _ in items]
-            report(f"registration/{name}/{method}", float(np.mean([s for _, s, _ in items])), "fpfh_ransac", ref_seconds, None,
+            report(f"registration/{name}/{method}", float(np.mean([s for _, s, _ in items])), reference, ref_seconds, None,
                    args.json, pairs=len(recs), pose_seconds=float(np.mean([p for _, _, p in items])),
                    per_pair=[{"hit": bool(r["hit"]), "ir": round(float(r["inlier_ratio"]), 4), "seconds": round(s, 3)}
                              for r, s, _ in items],
                    rr=float(np.mean([r["hit"] for r in recs])),
                    ir=float(np.mean([r["inlier_ratio"] for r in recs])),
                    rre_median=float(np.median([r["rre"] for r in recs])), rte_median=float(np.median([r["rte"] for r in recs])))
-
 
 if __name__ == "__main__":
     main()

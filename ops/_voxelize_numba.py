@@ -165,7 +165,10 @@ def hard_voxels_first_come(points, keys, range_min, voxel_size, max_voxels, max_
     num_voxels = 0
     num_nonfinite = 0
     last_key = -3
-    last_row = -1
+    row = -1
+    # Points stored in the current voxel `row`, kept in a local between key changes: consecutive points
+    # mostly share a voxel, and a counts[row] read-modify-write per point serialises on store forwarding.
+    count = max_points
     for i in range(n):
         key = keys[i]
         if key < 0:
@@ -173,6 +176,8 @@ def hard_voxels_first_come(points, keys, range_min, voxel_size, max_voxels, max_
                 num_nonfinite += 1
             continue
         if key != last_key:
+            if row >= 0:
+                counts[row] = count
             slot = np.int64((np.uint64(key) * _HASH_MULTIPLIER) >> shift)
             while True:
                 row = table[slot]
@@ -185,23 +190,20 @@ def hard_voxels_first_come(points, keys, range_min, voxel_size, max_voxels, max_
                         coords[row, 1] = _grid_index(points[i, 1], range_min[1], voxel_size[1])
                         coords[row, 2] = _grid_index(points[i, 0], range_min[0], voxel_size[0])
                         counts[row] = 0
-                        for s in range(max_points):
-                            for k in range(c):
-                                voxels[row, s, k] = 0.0
+                        voxels[row] = 0.0
                         num_voxels += 1
                     break
                 if voxel_keys[row] == key:
                     break
                 slot = (slot + 1) & mask
             last_key = key
-            last_row = row
-        if last_row < 0:
-            continue
-        count = counts[last_row]
+            count = counts[row] if row >= 0 else max_points  # row -1: max_voxels reached, point dropped
         if count < max_points:
             for k in range(c):
-                voxels[last_row, count, k] = points[i, k]
-            counts[last_row] = count + 1
+                voxels[row, count, k] = points[i, k]
+            count += 1
+    if row >= 0:
+        counts[row] = count
     return voxels, coords, counts, num_voxels, num_nonfinite
 
 

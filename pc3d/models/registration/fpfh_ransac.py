@@ -39,7 +39,8 @@ class FPFHRansacRegistration(Registration):
     Args:
         voxel_size: downsampling voxel (m); 0.05 suits 3DMatch-like indoor scans.
         max_iterations / confidence: RANSAC convergence criteria.
-        icp: refine with point-to-plane ICP (threshold 0.4 * voxel, Open3D's tutorial value).
+        icp: refine with point-to-plane ICP, coarse to fine (`refine.refine_icp`: 2, 1 then 0.4 voxels;
+            the last is Open3D's tutorial value), the same refinement the learned methods use.
         seed: Open3D's global random seed (RANSAC sampling) for reproducible results.
     """
 
@@ -80,11 +81,8 @@ class FPFHRansacRegistration(Registration):
         corr = np.stack([np.arange(len(nearest)), nearest], 1).astype(np.int64)
         extra = {"ransac_fitness": float(result.fitness), "ransac_inlier_rmse": float(result.inlier_rmse)}
         if self.icp:
-            icp = reg.registration_icp(src_down, ref_down, 0.4 * self.voxel_size, transform,
-                                       reg.TransformationEstimationPointToPlane())
-            if icp.fitness > 0:
-                transform = np.asarray(icp.transformation).copy()
-                extra["icp_fitness"] = float(icp.fitness)
+            from .refine import refine_icp
+            transform, extra["icp_fitness"] = refine_icp(src_down, ref_down, transform, self.voxel_size)
         seconds = time.perf_counter() - start
         correspondences = np.stack([src_kept[corr[:, 0]], ref_kept[corr[:, 1]]], 1) if len(corr) else np.zeros((0, 2), np.int64)
         if len(correspondences):

@@ -334,21 +334,28 @@ def prepare_cloud(points: np.ndarray, num_points: int, normal_k: int = 33, dtype
 
 
 class RoITrRegistration(Registration):
-    """RoITr behind the common `Registration` API. `pose` in lgr | svd | ransac."""
+    """RoITr behind the common `Registration` API. `pose` in lgr | svd | ransac; `icp`: refine the pose with
+    the same point-to-plane ICP as the FPFH baseline (`refine.refine_icp` at `voxel_size`)."""
 
     name = "roitr"
 
-    def __init__(self, model: RoITr, pose: str = "lgr", num_points: int | None = None):
+    def __init__(self, model: RoITr, pose: str = "lgr", num_points: int | None = None, icp: bool = False,
+                 voxel_size: float = 0.05):
         if pose not in ("lgr", "svd", "ransac"):
             raise ValueError(f"pose: expected 'lgr', 'svd' or 'ransac', got {pose!r}")
+        if not voxel_size > 0:
+            raise ValueError(f"voxel_size: must be positive, got {voxel_size}")
         self.model = model.eval()
         self.pose = pose
         self.num_points = int(num_points or model.config.num_points)
-        self.name = f"roitr_{pose}"
+        self.icp = bool(icp)
+        self.voxel_size = float(voxel_size)
+        self.name = f"roitr_{pose}" + ("_icp" if icp else "")
 
     @classmethod
-    def from_checkpoint(cls, ckpt=None, pose: str = "lgr", num_points: int | None = None) -> "RoITrRegistration":
-        return cls(load_checkpoint(ckpt or DEFAULT_CHECKPOINT), pose, num_points)
+    def from_checkpoint(cls, ckpt=None, pose: str = "lgr", num_points: int | None = None, icp: bool = False,
+                        voxel_size: float = 0.05) -> "RoITrRegistration":
+        return cls(load_checkpoint(ckpt or DEFAULT_CHECKPOINT), pose, num_points, icp, voxel_size)
 
     def register(self, src, ref) -> RegistrationResult:
         src = validate_cloud(src, "src")
@@ -361,6 +368,10 @@ class RoITrRegistration(Registration):
             out = self.model(sx, sn, rx, rn)
             matches = self.model.match(out)
             transform, inliers = self.model.estimate(matches, self.pose)
+        extra = {"num_superpoints": int(out.src_coarse.shape[0]), "pose": self.pose}
+        if self.icp:
+            from .refine import refine_icp
+            transform, extra["icp_fitness"] = refine_icp(src, ref, transform, self.voxel_size)
         fl = cfg.fine_level
         s_map, r_map = s_idx, r_idx
         for l in range(1, fl + 1):  # fine-level indices -> input indices
@@ -369,4 +380,4 @@ class RoITrRegistration(Registration):
         corr = torch.stack([s_map[matches["src_index"]], r_map[matches["ref_index"]]], 1).cpu().numpy().astype(np.int64)
         seconds = time.perf_counter() - start
         return RegistrationResult(np.asarray(transform, dtype=np.float64), int(np.asarray(inliers).sum()), seconds, corr,
-                                  {"num_superpoints": int(out.src_coarse.shape[0]), "pose": self.pose})
+                                  extra)
