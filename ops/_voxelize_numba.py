@@ -10,6 +10,8 @@ Voxel index arithmetic is float32 exactly like spconv's `PointToVoxel`:
 import numpy as np
 from numba import njit, prange
 
+from ._radix_sort_numba import radix_argsort
+
 # Fibonacci hashing constant (2^64 / golden ratio): spreads consecutive linear voxel keys over the table.
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
@@ -205,40 +207,6 @@ def hard_voxels_first_come(points, keys, range_min, voxel_size, max_voxels, max_
     if row >= 0:
         counts[row] = count
     return voxels, coords, counts, num_voxels, num_nonfinite
-
-
-@njit(cache=True)
-def radix_argsort(keys):
-    """Stable LSD radix argsort of non-negative int64 keys (digits of <= 12 bits, as few passes as the largest key needs)."""
-    n = keys.shape[0]
-    order = np.arange(n).astype(np.int64)
-    if n < 2:
-        return order
-    max_key = keys.max()
-    buffer = np.empty(n, np.int64)
-    key_bits = 1
-    while (max_key >> key_bits) > 0:
-        key_bits += 1
-    passes = (key_bits + 11) // 12
-    radix_bits = (key_bits + passes - 1) // passes
-    buckets = 1 << radix_bits
-    digit_mask = buckets - 1
-    shift = 0
-    while shift == 0 or (max_key >> shift) > 0:
-        histogram = np.zeros(buckets + 1, np.int64)
-        for i in range(n):
-            histogram[((keys[order[i]] >> shift) & digit_mask) + 1] += 1
-        for b in range(buckets):
-            histogram[b + 1] += histogram[b]
-        for i in range(n):
-            d = (keys[order[i]] >> shift) & digit_mask
-            buffer[histogram[d]] = order[i]
-            histogram[d] += 1
-        order, buffer = buffer, order
-        shift += radix_bits
-        if shift >= 63:
-            break
-    return order
 
 
 @njit(cache=True)
