@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pose", choices=["lgr", "svd", "ransac"], default="lgr", help="roitr pose estimator")
     parser.add_argument("--ckpt", default=None, help="roitr checkpoint (default: shipped tiny synthetic model)")
     parser.add_argument("--voxel-size", type=float, default=0.05, help="fpfh / ICP voxel size (m)")
-    parser.add_argument("--icp", choices=["auto", "on", "off"], default="auto",
-                        help="point-to-plane ICP refinement (same for every method); auto: on for fpfh, off for roitr")
+    parser.add_argument("--no-icp", action="store_true",
+                        help="skip the point-to-plane ICP refinement (the same for every method, on by default)")
     parser.add_argument("--dim", type=int, default=None, help="columns of .bin files")
     parser.add_argument("--out", default=None, help="write the 4x4 transform as plain text")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     try:
         src = read_xyz(args.src, args.dim)
         ref = read_xyz(args.ref, args.dim)
-        icp = args.icp == "on" or (args.icp == "auto" and args.method == "fpfh")
+        icp = not args.no_icp
         if args.method == "fpfh":
             method = build_registration("fpfh", voxel_size=args.voxel_size, icp=icp)
         else:
