@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-import torch
-
 import numpy as np
+import torch
 
 from .windows import (as_triple, check_sparse_shape, coords_numpy, resolve_backend, sorted_segments, window_partition,
                       window_partition_numpy)
