@@ -31,35 +31,66 @@ _FLOAT32_MAX = np.float32(3.4028235e38)
 # a whole scheduler quantum (~10 ms) for a preempted worker, far more than it saves on a 100k-point scan.
 PARALLEL_MIN_POINTS = 1_000_000
 
+# Points per block of the key pass. The (N, C) rows are first copied into x / y / z columns so that the
+# arithmetic runs on contiguous float32 lanes: LLVM vectorises that loop, not one over strided rows
+# (2.3x faster on the KITTI scan). Any size from 256 to 4096 measured the same.
+BLOCK = 1024
+
 
 @njit(cache=True, inline="always")
-def _voxel_key(points, i, range_min, voxel_size, grid_x, grid_y, grid_z):
-    """Linear key (z * ny + y) * nx + x of point i; -1 if outside the grid; -2 if a coordinate is not finite.
+def _block_voxel_indices(points, start, stop, range_min, voxel_size, grid_x, grid_y, grid_z, keys, ix, iy, iz):
+    """Voxel key (z * ny + y) * nx + x of points[start:stop] into keys[0:stop-start], and its x / y / z indices.
 
-    Branch-free (selects instead of early returns): ~20% faster serially.
+    A key is -1 outside the grid and -2 for a non-finite coordinate; its indices are then 0. The float
+    index is tested against the grid before any integer is formed (NaN fails every comparison), so no
+    caller can index out of bounds whatever the points hold.
     """
-    x = points[i, 0]
-    y = points[i, 1]
-    z = points[i, 2]
-    fx = np.floor((x - range_min[0]) / voxel_size[0])
-    fy = np.floor((y - range_min[1]) / voxel_size[1])
-    fz = np.floor((z - range_min[2]) / voxel_size[2])
-    # NaN fails every comparison, so it is never inside
-    inside = (fx >= 0) & (fx < grid_x) & (fy >= 0) & (fy < grid_y) & (fz >= 0) & (fz < grid_z)
-    finite = (np.abs(x) <= _FLOAT32_MAX) & (np.abs(y) <= _FLOAT32_MAX) & (np.abs(z) <= _FLOAT32_MAX)
-    ix = np.int64(fx if inside else 0)
-    iy = np.int64(fy if inside else 0)
-    iz = np.int64(fz if inside else 0)
-    key = (iz * grid_y + iy) * grid_x + ix
-    return key if inside else (-1 if finite else -2)
+    m = stop - start
+    xs = np.empty(m, np.float32)
+    ys = np.empty(m, np.float32)
+    zs = np.empty(m, np.float32)
+    for j in range(m):
+        xs[j] = points[start + j, 0]
+        ys[j] = points[start + j, 1]
+        zs[j] = points[start + j, 2]
+    low_x, low_y, low_z = range_min[0], range_min[1], range_min[2]
+    # grid sizes come from rounded float32 quotients (`voxel_grid`), so they are exact in float32
+    limit_x, limit_y, limit_z = np.float32(grid_x), np.float32(grid_y), np.float32(grid_z)
+    size_x, size_y, size_z = voxel_size[0], voxel_size[1], voxel_size[2]
+    for j in range(m):
+        x = xs[j]
+        y = ys[j]
+        z = zs[j]
+        fx = np.floor((x - low_x) / size_x)
+        fy = np.floor((y - low_y) / size_y)
+        fz = np.floor((z - low_z) / size_z)
+        inside = (fx >= 0) & (fx < limit_x) & (fy >= 0) & (fy < limit_y) & (fz >= 0) & (fz < limit_z)
+        finite = (np.abs(x) <= _FLOAT32_MAX) & (np.abs(y) <= _FLOAT32_MAX) & (np.abs(z) <= _FLOAT32_MAX)
+        x_index = np.int32(fx if inside else np.float32(0))
+        y_index = np.int32(fy if inside else np.float32(0))
+        z_index = np.int32(fz if inside else np.float32(0))
+        key = (np.int64(z_index) * grid_y + y_index) * grid_x + x_index
+        keys[j] = key if inside else (-1 if finite else -2)
+        ix[j] = x_index
+        iy[j] = y_index
+        iz[j] = z_index
+
+
+@njit(cache=True, inline="always")
+def _keys_of_block(points, block, range_min, voxel_size, grid_x, grid_y, grid_z, keys):
+    start = block * BLOCK
+    stop = min(start + BLOCK, points.shape[0])
+    indices = np.empty((3, BLOCK), np.int32)
+    _block_voxel_indices(points, start, stop, range_min, voxel_size, grid_x, grid_y, grid_z,
+                         keys[start:stop], indices[0], indices[1], indices[2])
 
 
 @njit(cache=True, parallel=True)
 def _point_voxel_keys_parallel(points, range_min, voxel_size, grid_x, grid_y, grid_z):
     n = points.shape[0]
     keys = np.empty(n, np.int64)
-    for i in prange(n):
-        keys[i] = _voxel_key(points, i, range_min, voxel_size, grid_x, grid_y, grid_z)
+    for block in prange((n + BLOCK - 1) // BLOCK):
+        _keys_of_block(points, block, range_min, voxel_size, grid_x, grid_y, grid_z, keys)
     return keys
 
 
@@ -67,8 +98,8 @@ def _point_voxel_keys_parallel(points, range_min, voxel_size, grid_x, grid_y, gr
 def _point_voxel_keys_serial(points, range_min, voxel_size, grid_x, grid_y, grid_z):
     n = points.shape[0]
     keys = np.empty(n, np.int64)
-    for i in range(n):
-        keys[i] = _voxel_key(points, i, range_min, voxel_size, grid_x, grid_y, grid_z)
+    for block in range((n + BLOCK - 1) // BLOCK):
+        _keys_of_block(points, block, range_min, voxel_size, grid_x, grid_y, grid_z, keys)
     return keys
 
 
@@ -76,6 +107,26 @@ def point_voxel_keys(points, range_min, voxel_size, grid_x, grid_y, grid_z):
     """(N,) int64 linear voxel key per point (-1 out of range, -2 non-finite); a pure map."""
     kernel = _point_voxel_keys_parallel if points.shape[0] >= PARALLEL_MIN_POINTS else _point_voxel_keys_serial
     return kernel(points, range_min, voxel_size, grid_x, grid_y, grid_z)
+
+
+@njit(cache=True, inline="always")
+def _empty_table(capacity):
+    """Open-addressing table for up to `capacity` keys: (slot keys (-1 = free), slot rows, index mask, hash shift).
+
+    The key sits in the table next to its row, so a probe is one random access, not two dependent ones
+    (table, then the voxel's key): 10-15% of the hard voxelization time on the KITTI scan.
+    """
+    bits = _table_bits(capacity)
+    return np.full(1 << bits, -1, np.int64), np.empty(1 << bits, np.int32), (1 << bits) - 1, np.uint64(64 - bits)
+
+
+@njit(cache=True, inline="always")
+def _probe(slot_keys, mask, shift, key):
+    """Slot holding `key`, or the free slot (key -1) where it belongs (linear probing)."""
+    slot = np.int64((np.uint64(key) * _HASH_MULTIPLIER) >> shift)
+    while slot_keys[slot] != key and slot_keys[slot] != -1:
+        slot = (slot + 1) & mask
+    return slot
 
 
 @njit(cache=True, inline="always")
@@ -96,11 +147,7 @@ def first_come_voxels(points, keys, range_min, voxel_size):
     for i in range(n):
         if keys[i] >= 0:
             capacity += 1
-    bits = _table_bits(capacity)
-    mask = (1 << bits) - 1
-    shift = np.uint64(64 - bits)
-    # The table stores voxel rows only; a row's key is read back from voxel_keys.
-    table = np.full(1 << bits, -1, np.int32)
+    slot_keys, slot_rows, mask, shift = _empty_table(capacity)
     voxel_keys = np.empty(capacity, np.int64)
     coords = np.empty((capacity, 3), np.int32)
     counts = np.zeros(capacity, np.int32)
@@ -118,22 +165,19 @@ def first_come_voxels(points, keys, range_min, voxel_size):
             keys[i] = -1
             continue
         if key != last_key:
-            slot = np.int64((np.uint64(key) * _HASH_MULTIPLIER) >> shift)
-            while True:
-                row = table[slot]
-                if row == -1:
-                    row = num_voxels
-                    table[slot] = row
-                    voxel_keys[row] = key
-                    # recompute the indices from the point: cheaper than 3 int64 divisions of the key
-                    coords[row, 0] = _grid_index(points[i, 2], range_min[2], voxel_size[2])
-                    coords[row, 1] = _grid_index(points[i, 1], range_min[1], voxel_size[1])
-                    coords[row, 2] = _grid_index(points[i, 0], range_min[0], voxel_size[0])
-                    num_voxels += 1
-                    break
-                if voxel_keys[row] == key:
-                    break
-                slot = (slot + 1) & mask
+            slot = _probe(slot_keys, mask, shift, key)
+            if slot_keys[slot] == key:
+                row = slot_rows[slot]
+            else:
+                row = num_voxels
+                slot_keys[slot] = key
+                slot_rows[slot] = row
+                voxel_keys[row] = key
+                # recompute the indices from the point: cheaper than 3 int64 divisions of the key
+                coords[row, 0] = _grid_index(points[i, 2], range_min[2], voxel_size[2])
+                coords[row, 1] = _grid_index(points[i, 1], range_min[1], voxel_size[1])
+                coords[row, 2] = _grid_index(points[i, 0], range_min[0], voxel_size[0])
+                num_voxels += 1
             last_key = key
             last_row = row
         keys[i] = last_row
@@ -142,28 +186,23 @@ def first_come_voxels(points, keys, range_min, voxel_size):
 
 
 @njit(cache=True)
-def hard_voxels_first_come(points, keys, range_min, voxel_size, max_voxels, max_points):
+def hard_voxels_first_come(points, range_min, voxel_size, grid_x, grid_y, grid_z, max_voxels, max_points):
     """Hard voxelization in one pass, spconv's algorithm (first-come voxels, capped points).
 
-    Points are copied straight into a (capacity, P, C) buffer whose rows are used in order, so only
-    the first V rows are ever touched (untouched pages of a large buffer cost nothing).
+    Keys are computed a block at a time into L1-sized buffers (no N-sized key array). Points are copied
+    straight into a (capacity, P, C) buffer whose rows are used in order, so only the first V rows are
+    ever touched (untouched pages of a large buffer cost nothing).
     Returns (voxels (capacity, P, C), coords (capacity, 3) int32 zyx, counts (capacity,) int32,
     V, num_nonfinite); rows >= V are garbage and must be sliced off by the caller.
     """
     n, c = points.shape
-    capacity = 0
-    for i in range(n):
-        if keys[i] >= 0:
-            capacity += 1
-    capacity = min(capacity, max_voxels)
-    bits = _table_bits(capacity)
-    mask = (1 << bits) - 1
-    shift = np.uint64(64 - bits)
-    table = np.full(1 << bits, -1, np.int32)
+    capacity = min(n, max_voxels)
+    slot_keys, slot_rows, mask, shift = _empty_table(capacity)
     voxels = np.empty((capacity, max_points, c), np.float32)
-    voxel_keys = np.empty(capacity, np.int64)
     coords = np.empty((capacity, 3), np.int32)
     counts = np.empty(capacity, np.int32)
+    block_keys = np.empty(BLOCK, np.int64)
+    block_indices = np.empty((3, BLOCK), np.int32)
     num_voxels = 0
     num_nonfinite = 0
     last_key = -3
@@ -171,39 +210,42 @@ def hard_voxels_first_come(points, keys, range_min, voxel_size, max_voxels, max_
     # Points stored in the current voxel `row`, kept in a local between key changes: consecutive points
     # mostly share a voxel, and a counts[row] read-modify-write per point serialises on store forwarding.
     count = max_points
-    for i in range(n):
-        key = keys[i]
-        if key < 0:
-            if key == -2:
-                num_nonfinite += 1
-            continue
-        if key != last_key:
-            if row >= 0:
-                counts[row] = count
-            slot = np.int64((np.uint64(key) * _HASH_MULTIPLIER) >> shift)
-            while True:
-                row = table[slot]
-                if row == -1:
-                    if num_voxels < capacity:
-                        row = num_voxels
-                        table[slot] = row
-                        voxel_keys[row] = key
-                        coords[row, 0] = _grid_index(points[i, 2], range_min[2], voxel_size[2])
-                        coords[row, 1] = _grid_index(points[i, 1], range_min[1], voxel_size[1])
-                        coords[row, 2] = _grid_index(points[i, 0], range_min[0], voxel_size[0])
-                        counts[row] = 0
-                        voxels[row] = 0.0
-                        num_voxels += 1
-                    break
-                if voxel_keys[row] == key:
-                    break
-                slot = (slot + 1) & mask
-            last_key = key
-            count = counts[row] if row >= 0 else max_points  # row -1: max_voxels reached, point dropped
-        if count < max_points:
-            for k in range(c):
-                voxels[row, count, k] = points[i, k]
-            count += 1
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        _block_voxel_indices(points, start, stop, range_min, voxel_size, grid_x, grid_y, grid_z,
+                             block_keys, block_indices[0], block_indices[1], block_indices[2])
+        for j in range(stop - start):
+            key = block_keys[j]
+            if key < 0:
+                if key == -2:
+                    num_nonfinite += 1
+                continue
+            if key != last_key:
+                if row >= 0:
+                    counts[row] = count
+                last_key = key
+                slot = _probe(slot_keys, mask, shift, key)
+                if slot_keys[slot] == key:
+                    row = slot_rows[slot]
+                    count = counts[row]
+                elif num_voxels < capacity:
+                    row = num_voxels
+                    slot_keys[slot] = key
+                    slot_rows[slot] = row
+                    coords[row, 0] = block_indices[2, j]
+                    coords[row, 1] = block_indices[1, j]
+                    coords[row, 2] = block_indices[0, j]
+                    voxels[row] = 0.0
+                    num_voxels += 1
+                    count = 0
+                else:  # max_voxels reached: the point is dropped, and so is every later point of its voxel
+                    row = -1
+                    count = max_points
+            if count < max_points:
+                i = start + j
+                for k in range(c):
+                    voxels[row, count, k] = points[i, k]
+                count += 1
     if row >= 0:
         counts[row] = count
     return voxels, coords, counts, num_voxels, num_nonfinite

@@ -24,7 +24,8 @@ Input policy (all backends):
 Backends: `"numba"` (CPU kernels in `_voxelize_numba.py`), `"torch"` (sort / `torch.unique` +
 scatter, any device), `"auto"` = numba for numpy / CPU tensors, torch otherwise. Both give identical
 results (tested). Outputs are torch tensors on the input's device (CPU for numpy input).
-The numba path is single-threaded below `_voxelize_numba.PARALLEL_MIN_POINTS` (1M) points; the first
+Numba hard voxelization is one thread (first-come order is sequential); the key pass of dynamic
+voxelization runs in parallel from `_voxelize_numba.PARALLEL_MIN_POINTS` (1M) points. The first
 numba call in a process loads the kernels from numba's cache (~1 s incl. numba's own start-up) or
 compiles them (~10 s) when the cache is cold. A numba `HardVoxels.voxels` may be a view of a somewhat
 larger buffer (bounded: see `_MAX_PINNED_WASTE`).
@@ -239,9 +240,9 @@ def _numba_keys(points: np.ndarray, grid: VoxelGrid) -> np.ndarray:
 def _hard_numba(points: np.ndarray, grid: VoxelGrid, max_points: int, max_voxels: int):
     from . import _voxelize_numba as kernels
 
-    keys = _numba_keys(points, grid)
+    nx, ny, nz = grid.grid_xyz
     voxels, coords, counts, num_voxels, nonfinite = kernels.hard_voxels_first_come(
-        points, keys, grid.range_min, grid.voxel_size, max_voxels, max_points
+        points, grid.range_min, grid.voxel_size, nx, ny, nz, max_voxels, max_points
     )
     # The kernel fills its buffer front to back, rows past num_voxels are never touched. Return a view
     # (no copy) unless the unused tail is both larger than the result and over _MAX_PINNED_WASTE bytes.
