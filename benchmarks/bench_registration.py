@@ -1,6 +1,6 @@
 """Pairwise registration: pc3d's RoITr matcher (LGR / weighted SVD / RANSAC pose) vs FPFH + RANSAC (Open3D).
 
-    python benchmarks/bench_registration.py [--pairs 6] [--ckpt CKPT] [--points FILE --dim N] [--json]
+    python benchmarks/bench_registration.py [--pairs 6] [--ckpt CKPT] [--verify 8] [--points FILE --dim N] [--json]
 
 Datasets (one row per method and dataset):
 - `synthetic`: validation pairs from `pc3d.data.synthetic.registration_pairs` (seeds 100000+, every other
@@ -10,7 +10,9 @@ Datasets (one row per method and dataset):
 - `--points FILE`: the scan against a moved half of itself (RR by RMSE).
 Methods: RoITr with LGR / weighted SVD / RANSAC poses and FPFH+RANSAC, each raw and `+icp`: refined by the
 same coarse-to-fine point-to-plane ICP (`pc3d.models.registration.refine.refine_icp`, 5 cm voxels, 10 -> 5 ->
-2 cm) on the same downsampled clouds, so raw compares with raw and refined with refined.
+2 cm) on the same downsampled clouds, so raw compares with raw and refined with refined. `+verify`: the pose
+chosen by ICP among `--verify` distinct hypotheses (`refine.verify_hypotheses`): RoITr's LGR per-patch poses and
+its RANSAC pose from the one forward pass, and for FPFH the poses of as many RANSAC restarts (equal effort).
 Columns: seconds per pair (model forward + pose [+ ICP]; the reference is FPFH+RANSAC's time with the same
 refinement), `pose_seconds` (the pose estimator alone: LGR vs SVD vs RANSAC on the same correspondences), RR,
 IR (tau = 0.1 m) of the method's correspondences, median RRE / RTE, and `per_pair` (hit, IR, seconds of every pair).
@@ -30,7 +32,7 @@ from common import SHARED_DATA, benchmark_parser, report  # noqa: E402
 from pc3d.data.threedmatch import random_rotation, read_gt_info, read_gt_log  # noqa: E402
 from pc3d.evaluation.registration_metrics import evaluate_pair  # noqa: E402
 from pc3d.models.registration.fpfh_ransac import FPFHRansacRegistration  # noqa: E402
-from pc3d.models.registration.refine import downsample_with_normals, refine_icp  # noqa: E402
+from pc3d.models.registration.refine import downsample_with_normals, refine_icp, verify_hypotheses  # noqa: E402
 from pc3d.models.registration.roitr import DEFAULT_CHECKPOINT, load_checkpoint, prepare_cloud  # noqa: E402
 from pc3d.models.registration.training import VAL_SEED  # noqa: E402
 
@@ -73,8 +75,9 @@ def self_pair(path: Path, dim):
     return [{"src": (part - gt[:3, 3]) @ gt[:3, :3], "ref": ref, "gt": gt, "information": None}]
 
 
-def run_roitr(model, pair):
-    """{pose: (transform, seconds, pose_seconds, src_corr, ref_corr)} sharing one forward pass."""
+def run_roitr(model, pair, verify: int):
+    """{pose: (transform, seconds, pose_seconds, src_corr, ref_corr)} sharing one forward pass; `lgr+verify`:
+    the ICP-verified choice among `verify` hypotheses (already refined: its seconds include the ICP)."""
     start = time.perf_counter()
     cfg = model.config
     sx, sn, _ = prepare_cloud(pair["src"], cfg.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
@@ -90,6 +93,11 @@ def run_roitr(model, pair):
         pose_seconds = time.perf_counter() - t0
         results[pose] = (transform, forward + pose_seconds, pose_seconds,
                          matches["src_points"].double().numpy(), matches["ref_points"].double().numpy())
+    t0 = time.perf_counter()
+    hypotheses = model.pose_hypotheses(matches, verify, results["lgr"][0])
+    transform, _, _ = verify_hypotheses(pair["src"], pair["ref"], hypotheses, 0.05)
+    verify_seconds = results["lgr"][2] + time.perf_counter() - t0
+    results["lgr+verify"] = (transform, forward + verify_seconds, verify_seconds) + results["lgr"][3:]
     return results
 
 
@@ -105,21 +113,31 @@ def main(argv=None):
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=6, help="synthetic validation pairs")
     parser.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--verify", type=int, default=8, help="pose hypotheses of the +verify rows (RoITr: LGR/RANSAC "
+                        "poses; FPFH: RANSAC restarts)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_checkpoint(args.ckpt)
     fpfh = FPFHRansacRegistration(voxel_size=0.05, icp=False)  # refined below like every method
+    fpfh_verify = FPFHRansacRegistration(voxel_size=0.05, icp=True, restarts=args.verify)
     datasets = [("synthetic", synthetic_pairs(args.pairs, False)), ("synthetic_rotated", synthetic_pairs(args.pairs, True)),
                 ("3dlomatch_21_34", real_pair())]
     if args.points is not None:
         datasets.append((args.points.name, self_pair(args.points, args.dim)))
     methods = [f"{m}{suffix}" for suffix in ("", "+icp") for m in ("roitr_lgr", "roitr_svd", "roitr_ransac", "fpfh_ransac")]
+    methods += ["roitr_lgr+verify", "fpfh_ransac+verify"]
     for name, pairs in datasets:
         if not pairs:
             continue
         rows = {m: [] for m in methods}
         for pair in pairs:
-            raw = {f"roitr_{pose}": (t, secs, pose_secs, sc, rc) for pose, (t, secs, pose_secs, sc, rc) in run_roitr(model, pair).items()}
+            raw = {f"roitr_{pose}": (t, secs, pose_secs, sc, rc) for pose, (t, secs, pose_secs, sc, rc) in run_roitr(model, pair, args.verify).items()}
+            verified = {"roitr_lgr+verify": raw.pop("roitr_lgr+verify")}
+            res = fpfh_verify.register(pair["src"], pair["ref"])
+            verified["fpfh_ransac+verify"] = (res.transform, res.seconds, res.seconds, pair["src"][res.correspondences[:, 0]],
+                                              pair["ref"][res.correspondences[:, 1]])
+            for method, (t, secs, pose_secs, sc, rc) in verified.items():
+                rows[method].append((evaluate(t, pair, sc, rc), secs, pose_secs))
             res = fpfh.register(pair["src"], pair["ref"])
             raw["fpfh_ransac"] = (res.transform, res.seconds, res.seconds, pair["src"][res.correspondences[:, 0]],
                                   pair["ref"][res.correspondences[:, 1]])
@@ -133,7 +151,7 @@ def main(argv=None):
                 icp_seconds = prepare_seconds + time.perf_counter() - t0
                 rows[f"{method}+icp"].append((evaluate(refined, pair, sc, rc), secs + icp_seconds, pose_secs))
         for method, items in rows.items():
-            reference = "fpfh_ransac" + ("+icp" if method.endswith("+icp") else "")
+            reference = "fpfh_ransac" + next((x for x in ("+icp", "+verify") if method.endswith(x)), "")
             ref_seconds = float(np.mean([s for _, s, _ in rows[reference]]))
             recs = [r for r, _, _ in items]
             report(f"registration/{name}/{method}", float(np.mean([s for _, s, _ in items])), reference, ref_seconds, None,

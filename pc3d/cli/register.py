@@ -2,10 +2,12 @@
 """Align two point files: prints / writes the 4x4 transform mapping SRC into REF's frame.
 
     python tools/register.py SRC REF [--method fpfh|roitr] [--pose lgr|svd|ransac] [--ckpt CKPT]
-                             [--voxel-size 0.05] [--out T.txt] [--json]
+                             [--voxel-size 0.05] [--verify N] [--no-icp] [--out T.txt] [--json]
 
 Points are read with `pc3d.io.points.read_points` (.bin/.npy/.ply/.pcd/.pth); only x, y, z are used.
 With `--method roitr` and no `--ckpt`, the shipped `checkpoints/roitr_synthetic_tiny.pth` is used.
+`--verify N` (default 8 for roitr, 1 for fpfh): choose the pose among N hypotheses by ICP (RoITr: its LGR
+and RANSAC poses; FPFH: N RANSAC restarts); 1 refines the single estimate.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pose", choices=["lgr", "svd", "ransac"], default="lgr", help="roitr pose estimator")
     parser.add_argument("--ckpt", default=None, help="roitr checkpoint (default: shipped tiny synthetic model)")
     parser.add_argument("--voxel-size", type=float, default=0.05, help="fpfh / ICP voxel size (m)")
+    parser.add_argument("--verify", type=int, default=None,
+                        help="pose hypotheses told apart by ICP (default: 8 for roitr, 1 for fpfh)")
     parser.add_argument("--no-icp", action="store_true",
                         help="skip the point-to-plane ICP refinement (the same for every method, on by default)")
     parser.add_argument("--dim", type=int, default=None, help="columns of .bin files")
@@ -56,10 +60,13 @@ def main(argv=None) -> int:
         src = read_xyz(args.src, args.dim)
         ref = read_xyz(args.ref, args.dim)
         icp = not args.no_icp
+        if args.verify is not None and args.verify < 1:
+            raise ValueError(f"--verify: expected an int >= 1, got {args.verify}")
         if args.method == "fpfh":
-            method = build_registration("fpfh", voxel_size=args.voxel_size, icp=icp)
+            method = build_registration("fpfh", voxel_size=args.voxel_size, icp=icp, restarts=args.verify or 1)
         else:
-            method = build_registration("roitr", ckpt=args.ckpt, pose=args.pose, icp=icp, voxel_size=args.voxel_size)
+            method = build_registration("roitr", ckpt=args.ckpt, pose=args.pose, icp=icp, voxel_size=args.voxel_size,
+                                        verify=8 if args.verify is None else args.verify)
         result = method.register(src, ref)
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)

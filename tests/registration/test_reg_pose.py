@@ -82,3 +82,20 @@ def test_ransac_recovers_pose_with_outliers():
     assert inl[~bad].mean() > 0.9
     t2, inl2 = ransac_correspondences(src[:2], ref[:2])
     np.testing.assert_allclose(t2, np.eye(4))
+
+
+def test_lgr_hypotheses_are_ranked_and_lgr_takes_the_first():
+    from pc3d.models.registration.pose import lgr_hypotheses
+    src, ref, gt, _ = _corrupted(5, outlier_frac=0.0)
+    patch = np.arange(len(src)) // 10
+    rng = np.random.default_rng(8)
+    bad = patch % 2 == 1                                   # every other patch is all outliers
+    ref[bad] = rng.uniform(-3, 3, size=(int(bad.sum()), 3))
+    args = (torch.from_numpy(src), torch.from_numpy(ref), torch.ones(len(src), dtype=torch.float64), torch.from_numpy(patch))
+    hyps, counts = lgr_hypotheses(*args, inlier_threshold=0.05)
+    assert hyps.shape == (len(np.unique(patch)), 4, 4)
+    assert torch.all(counts[:-1] >= counts[1:])
+    assert abs(int(counts[0]) - int((~bad).sum())) <= 3     # the best hypothesis explains the good patches
+    best, _ = local_to_global_registration(*args, inlier_threshold=0.05)
+    assert torch.allclose(best, hyps[0])
+    assert np.linalg.norm(hyps[0].numpy()[:3, 3] - gt[:3, 3]) < 0.05

@@ -77,8 +77,15 @@ def test_register_tool_roitr_uses_shipped_checkpoint(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     t = np.loadtxt(out)
     np.testing.assert_allclose(t[:3, :3] @ t[:3, :3].T, np.eye(3), atol=1e-6)
-    assert info["method"] == "roitr_svd_icp" and info["num_correspondences"] >= 0 and "icp_fitness" in info
+    assert info["method"] == "roitr_svd_verify" and info["num_correspondences"] >= 0 and "icp_fitness" in info
+    assert 1 <= info["num_hypotheses"] <= 8
+    assert main([str(tmp_path / "src.npy"), str(tmp_path / "ref.npy"), "--method", "roitr", "--pose", "svd",
+                 "--verify", "1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["method"] == "roitr_svd_icp" and "icp_fitness" in info and "num_hypotheses" not in info
     assert main([str(tmp_path / "src.npy"), str(tmp_path / "ref.npy"), "--method", "roitr", "--pose", "svd",
                  "--no-icp", "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["method"] == "roitr_svd" and "icp_fitness" not in info
+    assert main([str(tmp_path / "src.npy"), str(tmp_path / "ref.npy"), "--verify", "0"]) == 2
+    assert "--verify" in capsys.readouterr().err

@@ -42,12 +42,14 @@ class FPFHRansacRegistration(Registration):
         icp: refine with point-to-plane ICP, coarse to fine (`refine.refine_icp`: 2, 1 then 0.4 voxels;
             the last is Open3D's tutorial value), the same refinement the learned methods use.
         seed: Open3D's global random seed (RANSAC sampling) for reproducible results.
+        restarts: RANSAC runs (seeds seed, seed + 1, ...); with `icp` and restarts > 1 the distinct poses are
+            told apart by `refine.verify_hypotheses`, as RoITr's hypotheses are (equal-effort baseline).
     """
 
     name = "fpfh_ransac"
 
     def __init__(self, voxel_size: float = 0.05, max_iterations: int = 100000, confidence: float = 0.999,
-                 icp: bool = True, mutual_filter: bool = False, seed: int | None = 0):
+                 icp: bool = True, mutual_filter: bool = False, seed: int | None = 0, restarts: int = 1):
         if not voxel_size > 0:
             raise ValueError(f"voxel_size: must be positive, got {voxel_size}")
         self.voxel_size = float(voxel_size)
@@ -56,31 +58,43 @@ class FPFHRansacRegistration(Registration):
         self.icp = bool(icp)
         self.mutual_filter = bool(mutual_filter)
         self.seed = seed
+        if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
+            raise ValueError(f"restarts: expected an int >= 1, got {restarts!r}")
+        self.restarts = int(restarts)
 
     def register(self, src, ref) -> RegistrationResult:
         src = validate_cloud(src, "src")
         ref = validate_cloud(ref, "ref")
         o3d = _o3d()
         reg = o3d.pipelines.registration
-        if self.seed is not None:
-            o3d.utility.random.seed(int(self.seed))
         start = time.perf_counter()
         src_down, src_fpfh, src_kept = preprocess_fpfh(src, self.voxel_size)
         ref_down, ref_fpfh, ref_kept = preprocess_fpfh(ref, self.voxel_size)
         threshold = 1.5 * self.voxel_size
-        result = reg.registration_ransac_based_on_feature_matching(
-            src_down, ref_down, src_fpfh, ref_fpfh, self.mutual_filter, threshold,
-            reg.TransformationEstimationPointToPoint(False), 3,
-            [reg.CorrespondenceCheckerBasedOnEdgeLength(0.9), reg.CorrespondenceCheckerBasedOnDistance(threshold)],
-            reg.RANSACConvergenceCriteria(self.max_iterations, self.confidence))
-        transform = np.asarray(result.transformation).copy()
+        results = []
+        for run in range(self.restarts):
+            if self.seed is not None:
+                o3d.utility.random.seed(int(self.seed) + run)
+            results.append(reg.registration_ransac_based_on_feature_matching(
+                src_down, ref_down, src_fpfh, ref_fpfh, self.mutual_filter, threshold,
+                reg.TransformationEstimationPointToPoint(False), 3,
+                [reg.CorrespondenceCheckerBasedOnEdgeLength(0.9), reg.CorrespondenceCheckerBasedOnDistance(threshold)],
+                reg.RANSACConvergenceCriteria(self.max_iterations, self.confidence)))
+        poses = [np.asarray(r.transformation).copy() for r in results]
+        result, transform = results[0], poses[0]
         # report the putative matches (nearest FPFH neighbour of every src point), not RANSAC's inlier set,
         # so that the inlier ratio measures the descriptors as in the 3DMatch protocol
         from scipy.spatial import cKDTree
         _, nearest = cKDTree(np.asarray(ref_fpfh.data).T).query(np.asarray(src_fpfh.data).T)
         corr = np.stack([np.arange(len(nearest)), nearest], 1).astype(np.int64)
         extra = {"ransac_fitness": float(result.fitness), "ransac_inlier_rmse": float(result.inlier_rmse)}
-        if self.icp:
+        if self.icp and self.restarts > 1:
+            from .pose import distinct_poses
+            from .refine import verify_hypotheses
+            hypotheses = distinct_poses(poses, len(poses))
+            transform, extra["icp_fitness"], extra["hypothesis"] = verify_hypotheses(src, ref, hypotheses, self.voxel_size)
+            extra["num_hypotheses"] = len(hypotheses)
+        elif self.icp:
             from .refine import refine_icp
             transform, extra["icp_fitness"] = refine_icp(src_down, ref_down, transform, self.voxel_size)
         seconds = time.perf_counter() - start

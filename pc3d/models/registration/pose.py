@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["weighted_svd", "local_to_global_registration", "ransac_correspondences", "to_homogeneous"]
+__all__ = ["weighted_svd", "lgr_hypotheses", "local_to_global_registration", "distinct_poses", "ransac_correspondences",
+           "to_homogeneous"]
 
 
 def to_homogeneous(rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
@@ -60,42 +61,71 @@ def _residuals(transform: torch.Tensor, src: torch.Tensor, ref: torch.Tensor) ->
     return torch.linalg.norm(moved - ref, dim=-1)
 
 
-def local_to_global_registration(src_corr: torch.Tensor, ref_corr: torch.Tensor, scores: torch.Tensor,
-                                 patch_index: torch.Tensor, inlier_threshold: float = 0.1,
-                                 refine_iterations: int = 5, min_patch_correspondences: int = 3):
-    """GeoTransformer-style LGR.
+def lgr_hypotheses(src_corr: torch.Tensor, ref_corr: torch.Tensor, scores: torch.Tensor, patch_index: torch.Tensor,
+                   inlier_threshold: float = 0.1, refine_iterations: int = 5, min_patch_correspondences: int = 3):
+    """Every pose hypothesis of GeoTransformer-style LGR, refined, best first.
 
-    One hypothesis per matched superpoint patch (weighted SVD on that patch's correspondences); the
-    hypothesis with the most inliers over *all* correspondences wins, then it is refined by re-running
-    weighted SVD on its inliers `refine_iterations` times (weights = scores of the current inliers).
+    One hypothesis per matched superpoint patch (weighted SVD on that patch's correspondences), each refined
+    by re-running weighted SVD on its inliers over *all* correspondences `refine_iterations` times (weights =
+    scores of the current inliers; all hypotheses at once, as one batched SVD). A hypothesis whose inliers drop
+    below 3 keeps its previous pose.
 
     Args:
         src_corr, ref_corr: `(K, 3)` corresponding points; scores: `(K,)` confidences.
         patch_index: `(K,)` int64 patch (superpoint match) of each correspondence.
     Returns:
+        (transforms `(H, 4, 4)`, inlier counts `(H,)` int64), sorted by inlier count, descending (stable).
+        With no patch of `min_patch_correspondences`, the one hypothesis is the SVD of all correspondences.
+    """
+    patches = torch.unique(patch_index)
+    hyps = [weighted_svd(src_corr[patch_index == p], ref_corr[patch_index == p], scores[patch_index == p])
+            for p in patches.tolist() if int((patch_index == p).sum()) >= min_patch_correspondences]
+    hyps = torch.stack(hyps) if hyps else weighted_svd(src_corr, ref_corr, scores)[None]
+    src_all = src_corr.unsqueeze(0).expand(len(hyps), -1, -1)
+    ref_all = ref_corr.unsqueeze(0).expand(len(hyps), -1, -1)
+    for _ in range(refine_iterations):
+        inliers = _residuals(hyps, src_all, ref_all) < inlier_threshold
+        enough = inliers.sum(-1) >= 3
+        if not bool(enough.any()):
+            break
+        refined = weighted_svd(src_all, ref_all, scores.unsqueeze(0) * inliers.to(scores.dtype))
+        hyps = torch.where(enough[:, None, None], refined, hyps)
+    counts = (_residuals(hyps, src_all, ref_all) < inlier_threshold).sum(-1)
+    order = torch.argsort(counts, descending=True, stable=True)
+    return hyps[order], counts[order]
+
+
+def local_to_global_registration(src_corr: torch.Tensor, ref_corr: torch.Tensor, scores: torch.Tensor,
+                                 patch_index: torch.Tensor, inlier_threshold: float = 0.1,
+                                 refine_iterations: int = 5, min_patch_correspondences: int = 3):
+    """GeoTransformer-style LGR: the refined per-patch hypothesis (`lgr_hypotheses`) with the most inliers
+    over all correspondences.
+
+    Returns:
         (transform `(4, 4)`, inlier mask `(K,)` bool).
     """
     if src_corr.shape[0] == 0:
         return torch.eye(4, dtype=src_corr.dtype), torch.zeros(0, dtype=torch.bool)
-    patches = torch.unique(patch_index)
-    hyps = []
-    for p in patches.tolist():
-        mask = patch_index == p
-        if int(mask.sum()) >= min_patch_correspondences:
-            hyps.append(weighted_svd(src_corr[mask], ref_corr[mask], scores[mask]))
-    if not hyps:
-        hyps.append(weighted_svd(src_corr, ref_corr, scores))
-    hyps = torch.stack(hyps)
-    residual = _residuals(hyps, src_corr.unsqueeze(0).expand(len(hyps), -1, -1), ref_corr.unsqueeze(0).expand(len(hyps), -1, -1))
-    inlier_counts = (residual < inlier_threshold).sum(-1)
-    best = hyps[int(torch.argmax(inlier_counts))]
-    for _ in range(refine_iterations):
-        inliers = _residuals(best, src_corr, ref_corr) < inlier_threshold
-        if int(inliers.sum()) < 3:
-            break
-        best = weighted_svd(src_corr, ref_corr, scores * inliers.to(scores.dtype))
-    inliers = _residuals(best, src_corr, ref_corr) < inlier_threshold
-    return best, inliers
+    hyps, _ = lgr_hypotheses(src_corr, ref_corr, scores, patch_index, inlier_threshold, refine_iterations,
+                             min_patch_correspondences)
+    best = hyps[0]
+    return best, _residuals(best, src_corr, ref_corr) < inlier_threshold
+
+
+def distinct_poses(transforms, max_count: int, rotation_deg: float = 5.0, translation: float = 0.2) -> list:
+    """The first `max_count` of `transforms` (iterable of `(4, 4)`) that differ from every earlier kept one
+    by more than `rotation_deg` degrees or `translation` metres (near-duplicates refine to the same pose)."""
+    kept = []
+    cos_limit = np.cos(np.deg2rad(rotation_deg))
+    for transform in transforms:
+        transform = np.asarray(transform, dtype=np.float64)
+        duplicate = any((np.trace(transform[:3, :3].T @ other[:3, :3]) - 1) / 2 > cos_limit
+                        and np.linalg.norm(transform[:3, 3] - other[:3, 3]) < translation for other in kept)
+        if not duplicate:
+            kept.append(transform)
+            if len(kept) == max_count:
+                break
+    return kept
 
 
 def ransac_correspondences(src_corr: np.ndarray, ref_corr: np.ndarray, distance_threshold: float = 0.05,

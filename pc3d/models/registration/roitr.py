@@ -28,7 +28,7 @@ from .api import Registration, RegistrationResult, validate_cloud
 from .geometric_embedding import GeometricStructureEmbedding, RotationInvariantPosition
 from .matching import build_patches, mutual_topk_correspondences, superpoint_matching
 from .optimal_transport import LearnableLogOptimalTransport
-from .pose import local_to_global_registration, ransac_correspondences, weighted_svd
+from .pose import distinct_poses, lgr_hypotheses, local_to_global_registration, ransac_correspondences, weighted_svd
 from .ppf_attention import LocalPPFAttention, make_norm, neighbourhood_ppf
 from .sampling import farthest_point_sample
 
@@ -289,6 +289,19 @@ class RoITr(nn.Module):
             return ransac_correspondences(sp.cpu().numpy(), rp.cpu().numpy(), distance_threshold=thr / 2)
         raise ValueError(f"method: expected 'lgr', 'svd' or 'ransac', got {method!r}")
 
+    def pose_hypotheses(self, matches: dict, count: int, first: np.ndarray | None = None) -> list:
+        """Up to `count` distinct poses (`(4, 4)` float64 numpy) for ICP verification: `first` (the chosen
+        estimate), RANSAC's pose, then the LGR hypotheses by inlier count (`pose.distinct_poses` removes
+        near-duplicates)."""
+        sp, rp, w = matches["src_points"].double(), matches["ref_points"].double(), matches["scores"].double()
+        if len(sp) == 0:
+            return [np.eye(4)]
+        hyps, _ = lgr_hypotheses(sp, rp, w, matches["patch_index"], self.config.inlier_threshold,
+                                 self.config.refine_iterations)
+        ransac, _ = self.estimate(matches, "ransac")
+        leading = [first, ransac] if first is not None else [ransac]
+        return distinct_poses(leading + list(hyps.cpu().numpy()), count)
+
 
 def save_checkpoint(model: RoITr, path, extra: dict | None = None) -> None:
     """`{"config": dict, "state_dict": ..., **extra}` via torch.save (loadable with weights_only=True), written
@@ -336,12 +349,14 @@ def prepare_cloud(points: np.ndarray, num_points: int, normal_k: int = 33, dtype
 class RoITrRegistration(Registration):
     """RoITr behind the common `Registration` API. `pose` in lgr | svd | ransac; `icp`: refine the pose with
     the same point-to-plane ICP as the FPFH baseline (`refine.refine_icp` at `voxel_size`; on by default, as
-    for FPFH; `icp=False` gives the matcher's own pose)."""
+    for FPFH; `icp=False` gives the matcher's own pose). `verify` > 1 (with `icp`): the pose is chosen among
+    that many distinct hypotheses (the `pose` estimate, RANSAC's, then LGR's per-patch poses) by
+    `refine.verify_hypotheses`; 0 or 1 refines the `pose` estimate alone."""
 
     name = "roitr"
 
     def __init__(self, model: RoITr, pose: str = "lgr", num_points: int | None = None, icp: bool = True,
-                 voxel_size: float = 0.05):
+                 voxel_size: float = 0.05, verify: int = 8):
         if pose not in ("lgr", "svd", "ransac"):
             raise ValueError(f"pose: expected 'lgr', 'svd' or 'ransac', got {pose!r}")
         if not voxel_size > 0:
@@ -349,14 +364,17 @@ class RoITrRegistration(Registration):
         self.model = model.eval()
         self.pose = pose
         self.num_points = int(num_points or model.config.num_points)
+        if isinstance(verify, bool) or not isinstance(verify, (int, np.integer)) or verify < 0:
+            raise ValueError(f"verify: expected an int >= 0 (number of pose hypotheses), got {verify!r}")
         self.icp = bool(icp)
         self.voxel_size = float(voxel_size)
-        self.name = f"roitr_{pose}" + ("_icp" if icp else "")
+        self.verify = int(verify) if icp else 0
+        self.name = f"roitr_{pose}" + (("_verify" if self.verify > 1 else "_icp") if icp else "")
 
     @classmethod
     def from_checkpoint(cls, ckpt=None, pose: str = "lgr", num_points: int | None = None, icp: bool = True,
-                        voxel_size: float = 0.05) -> "RoITrRegistration":
-        return cls(load_checkpoint(ckpt or DEFAULT_CHECKPOINT), pose, num_points, icp, voxel_size)
+                        voxel_size: float = 0.05, verify: int = 8) -> "RoITrRegistration":
+        return cls(load_checkpoint(ckpt or DEFAULT_CHECKPOINT), pose, num_points, icp, voxel_size, verify)
 
     def register(self, src, ref) -> RegistrationResult:
         src = validate_cloud(src, "src")
@@ -369,10 +387,18 @@ class RoITrRegistration(Registration):
             out = self.model(sx, sn, rx, rn)
             matches = self.model.match(out)
             transform, inliers = self.model.estimate(matches, self.pose)
+            hypotheses = self.model.pose_hypotheses(matches, self.verify, transform) if self.verify > 1 else None
         extra = {"num_superpoints": int(out.src_coarse.shape[0]), "pose": self.pose}
-        if self.icp:
+        if hypotheses is not None:
+            from .refine import verify_hypotheses
+            transform, extra["icp_fitness"], extra["hypothesis"] = verify_hypotheses(src, ref, hypotheses, self.voxel_size)
+            extra["num_hypotheses"] = len(hypotheses)
+        elif self.icp:
             from .refine import refine_icp
             transform, extra["icp_fitness"] = refine_icp(src, ref, transform, self.voxel_size)
+        if self.icp:  # count inliers under the returned transform
+            sp, rp = matches["src_points"].double().numpy(), matches["ref_points"].double().numpy()
+            inliers = np.linalg.norm(sp @ transform[:3, :3].T + transform[:3, 3] - rp, axis=1) < cfg.inlier_threshold
         fl = cfg.fine_level
         s_map, r_map = s_idx, r_idx
         for l in range(1, fl + 1):  # fine-level indices -> input indices
