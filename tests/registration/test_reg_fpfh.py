@@ -85,3 +85,19 @@ def test_synthetic_room_pair_ransac_then_icp():
     assert relative_rotation_error(fine.transform, pair.transform) < 0.5
     assert relative_translation_error(fine.transform, pair.transform) < 0.02
     assert relative_translation_error(fine.transform, pair.transform) < relative_translation_error(coarse.transform, pair.transform)
+
+
+def test_fpfh_normals_face_the_sensor_whatever_the_rotation():
+    """Oriented normals make FPFH's angle features independent of the frame: the normal of every kept point
+    faces the sensor origin, in the original and in a rotated copy (Open3D's own signs do not)."""
+    from pc3d.data.synthetic.registration_pairs import make_registration_pair
+    from pc3d.models.registration.fpfh_ransac import preprocess_fpfh
+    points = make_registration_pair(100000, overlap="high").src_points.astype(np.float64)
+    rotation = Rotation.random(random_state=5).as_matrix()
+    for cloud in (points, points @ rotation.T):
+        down, features, kept = preprocess_fpfh(cloud, 0.05)
+        normals, xyz = np.asarray(down.normals), np.asarray(down.points)
+        assert np.all(np.einsum("ij,ij->i", normals, -xyz) >= 0)
+        assert features.data.shape == (33, len(kept))
+    with pytest.raises(ValueError, match="sensor_origin"):
+        FPFHRansacRegistration(sensor_origin=(0.0, np.nan, 0.0))
