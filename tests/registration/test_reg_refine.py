@@ -96,6 +96,10 @@ def test_verify_picks_the_hypothesis_icp_turns_into_the_best_alignment(room_pair
     assert verify_hypotheses(src, ref, [wrong, near], voxel_size=0.05, keep=1)[2] == 1
     with pytest.raises(ValueError, match="hypotheses"):
         verify_hypotheses(src, ref, [], voxel_size=0.05)
+    with pytest.raises(ValueError, match=r"hypotheses\[1\]"):
+        verify_hypotheses(src, ref, [gt, np.eye(3)], voxel_size=0.05)
+    with pytest.raises(ValueError, match=r"hypotheses\[0\]"):
+        verify_hypotheses(src, ref, [np.full((4, 4), np.nan)], voxel_size=0.05)
     with pytest.raises(ValueError, match="voxel_size"):
         verify_hypotheses(src, ref, [gt], voxel_size=0)
 

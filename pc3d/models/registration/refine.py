@@ -61,6 +61,9 @@ def verify_hypotheses(src, ref, hypotheses, voxel_size: float = 0.05, keep: int 
     hypotheses = [np.asarray(h, dtype=np.float64) for h in hypotheses]
     if not hypotheses:
         raise ValueError("hypotheses: need at least one (4, 4) transform")
+    for index, hypothesis in enumerate(hypotheses):
+        if hypothesis.shape != (4, 4) or not np.all(np.isfinite(hypothesis)):
+            raise ValueError(f"hypotheses[{index}]: expected a finite (4, 4) transform, got shape {hypothesis.shape}")
     if not voxel_size > 0:
         raise ValueError(f"voxel_size: must be positive, got {voxel_size}")
     coarse = 2.0 * voxel_size
