@@ -1,11 +1,14 @@
 """Pairwise registration: pc3d's RoITr matcher (LGR / weighted SVD / RANSAC pose) vs FPFH + RANSAC (Open3D).
 
-    python benchmarks/bench_registration.py [--pairs 6] [--ckpt CKPT] [--verify 8] [--points FILE --dim N] [--json]
+    python benchmarks/bench_registration.py [--pairs 6] [--first-pair 0] [--datasets synthetic_rotated ...]
+                                            [--ckpt CKPT] [--verify 8] [--points FILE --dim N] [--json]
 
 Datasets (one row per method and dataset):
 - `synthetic`: validation pairs from `pc3d.data.synthetic.registration_pairs` (seeds 100000+, every other
   one low-overlap), RR by RMSE < 0.2 m of the source points (as for rotated 3DMatch);
 - `synthetic_rotated`: the same pairs with seeded Haar-uniform rotations of both clouds;
+  `--first-pair K` starts at pair K (pairs K .. K + pairs - 1), so a later run can test on pairs that no
+  earlier choice was tuned on;
 - `3dlomatch_21_34`: the real PREDATOR fragment pair with the 3DLoMatch GT, RR by the gt.info criterion;
 - `--points FILE`: the scan against a moved half of itself (RR by RMSE).
 Methods: RoITr with LGR / weighted SVD / RANSAC poses and FPFH+RANSAC, each raw and `+icp`: refined by the
@@ -15,7 +18,8 @@ chosen by ICP among `--verify` distinct hypotheses (`refine.verify_hypotheses`):
 its RANSAC pose from the one forward pass, and for FPFH the poses of as many RANSAC restarts (equal effort).
 Columns: seconds per pair (model forward + pose [+ ICP]; the reference is FPFH+RANSAC's time with the same
 refinement), `pose_seconds` (the pose estimator alone: LGR vs SVD vs RANSAC on the same correspondences), RR,
-IR (tau = 0.1 m) of the method's correspondences, median RRE / RTE, and `per_pair` (hit, IR, seconds of every pair).
+IR (tau = 0.1 m) of the method's correspondences, median RRE / RTE, `rr_high` / `rr_low` (synthetic pairs by
+overlap kind) and `per_pair` (index, overlap kind, hit, IR, seconds of every pair).
 """
 from __future__ import annotations
 
@@ -37,11 +41,16 @@ from pc3d.models.registration.roitr import DEFAULT_CHECKPOINT, load_checkpoint, 
 from pc3d.models.registration.training import VAL_SEED  # noqa: E402
 
 
-def synthetic_pairs(count: int, rotated: bool):
+DATASETS = ("synthetic", "synthetic_rotated", "3dlomatch_21_34")
+
+
+def synthetic_pairs(count: int, rotated: bool, first: int = 0):
+    """Validation pairs `first .. first + count - 1`: seed VAL_SEED + k, odd k low-overlap."""
     from pc3d.data.synthetic.registration_pairs import make_registration_pair
     out = []
-    for k in range(count):
-        p = make_registration_pair(VAL_SEED + k, overlap="low" if k % 2 else "high")
+    for k in range(first, first + count):
+        overlap = "low" if k % 2 else "high"
+        p = make_registration_pair(VAL_SEED + k, overlap=overlap)
         src, ref, t = p.src_points.astype(np.float64), p.ref_points.astype(np.float64), p.transform.astype(np.float64)
         if rotated:
             rng = np.random.default_rng([7, k])
@@ -50,7 +59,7 @@ def synthetic_pairs(count: int, rotated: bool):
             hs, hr = np.eye(4), np.eye(4)
             hs[:3, :3], hr[:3, :3] = rs, rr
             t = hr @ t @ hs.T
-        out.append({"src": src, "ref": ref, "gt": t, "information": None})
+        out.append({"src": src, "ref": ref, "gt": t, "information": None, "index": k, "overlap": overlap})
     return out
 
 
@@ -109,19 +118,35 @@ def evaluate(transform, pair, src_corr, ref_corr):
     return rec
 
 
+def recall_by_overlap(pairs, recs) -> dict:
+    """{"rr_high": ..., "rr_low": ...} over the pairs of each overlap kind present (synthetic pairs only)."""
+    out = {}
+    for kind in ("high", "low"):
+        hits = [r["hit"] for pair, r in zip(pairs, recs) if pair.get("overlap") == kind]
+        if hits:
+            out[f"rr_{kind}"] = float(np.mean(hits))
+    return out
+
+
 def main(argv=None):
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=6, help="synthetic validation pairs")
+    parser.add_argument("--first-pair", type=int, default=0, help="index of the first synthetic pair")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="datasets to run")
     parser.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--verify", type=int, default=8, help="pose hypotheses of the +verify rows (RoITr: LGR/RANSAC "
                         "poses; FPFH: RANSAC restarts)")
     args = parser.parse_args(argv)
+    if args.pairs < 0 or args.first_pair < 0:
+        parser.error(f"--pairs and --first-pair must be >= 0, got {args.pairs} and {args.first_pair}")
     torch.set_num_threads(1)
     model = load_checkpoint(args.ckpt)
     fpfh = FPFHRansacRegistration(voxel_size=0.05, icp=False)  # refined below like every method
     fpfh_verify = FPFHRansacRegistration(voxel_size=0.05, icp=True, restarts=args.verify)
-    datasets = [("synthetic", synthetic_pairs(args.pairs, False)), ("synthetic_rotated", synthetic_pairs(args.pairs, True)),
-                ("3dlomatch_21_34", real_pair())]
+    loaders = {"synthetic": lambda: synthetic_pairs(args.pairs, False, args.first_pair),
+               "synthetic_rotated": lambda: synthetic_pairs(args.pairs, True, args.first_pair),
+               "3dlomatch_21_34": real_pair}
+    datasets = [(name, loaders[name]()) for name in DATASETS if name in args.datasets]
     if args.points is not None:
         datasets.append((args.points.name, self_pair(args.points, args.dim)))
     methods = [f"{m}{suffix}" for suffix in ("", "+icp") for m in ("roitr_lgr", "roitr_svd", "roitr_ransac", "fpfh_ransac")]
@@ -156,8 +181,10 @@ def main(argv=None):
             recs = [r for r, _, _ in items]
             report(f"registration/{name}/{method}", float(np.mean([s for _, s, _ in items])), reference, ref_seconds, None,
                    args.json, pairs=len(recs), pose_seconds=float(np.mean([p for _, _, p in items])),
-                   per_pair=[{"hit": bool(r["hit"]), "ir": round(float(r["inlier_ratio"]), 4), "seconds": round(s, 3)}
-                             for r, s, _ in items],
+                   per_pair=[{"index": pair.get("index"), "overlap": pair.get("overlap"), "hit": bool(r["hit"]),
+                              "ir": round(float(r["inlier_ratio"]), 4), "seconds": round(s, 3)}
+                             for pair, (r, s, _) in zip(pairs, items)],
+                   **recall_by_overlap(pairs, recs),
                    rr=float(np.mean([r["hit"] for r in recs])),
                    ir=float(np.mean([r["inlier_ratio"] for r in recs])),
                    rre_median=float(np.median([r["rre"] for r in recs])), rte_median=float(np.median([r["rte"] for r in recs])))
