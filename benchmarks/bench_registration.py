@@ -103,9 +103,9 @@ def run_roitr(model, pair, verify: int):
         results[pose] = (transform, forward + pose_seconds, pose_seconds,
                          matches["src_points"].double().numpy(), matches["ref_points"].double().numpy())
     t0 = time.perf_counter()
-    hypotheses = model.pose_hypotheses(matches, verify, results["lgr"][0])
+    hypotheses = model.verification_hypotheses(out, verify, "lgr")
     transform, _, _ = verify_hypotheses(pair["src"], pair["ref"], hypotheses, 0.05)
-    verify_seconds = results["lgr"][2] + time.perf_counter() - t0
+    verify_seconds = time.perf_counter() - t0
     results["lgr+verify"] = (transform, forward + verify_seconds, verify_seconds) + results["lgr"][3:]
     return results
 

@@ -65,7 +65,8 @@ def test_roitr_registration_with_icp(room_pair):
     c = verified.register(room_pair.src_points, room_pair.ref_points)
     assert "icp_fitness" in b.extra and "icp_fitness" not in a.extra and "num_hypotheses" not in b.extra
     assert 2 <= c.extra["num_hypotheses"] <= 8 and 0 <= c.extra["hypothesis"] < c.extra["num_hypotheses"]
-    # ICP of the winner is at least as good a fit as ICP of the single LGR pose (hypothesis 0 is that pose)
+    # hypotheses come from every mutual match (RoITr.verification_hypotheses); on this pair the winner fits at least
+    # as well as the single refined LGR pose
     assert c.extra["icp_fitness"] >= b.extra["icp_fitness"] - 1e-9
     assert np.array_equal(a.correspondences, b.correspondences) and np.array_equal(a.correspondences, c.correspondences)
     with pytest.raises(ValueError, match="voxel_size"):

@@ -166,6 +166,28 @@ def test_checkpoint_roundtrip_and_registration_api(tmp_path, tiny_model):
         RoITrConfig(widths=(1, 2), strides=(1, 2, 3), knn=(1, 2))
 
 
+def test_verification_hypotheses_come_from_every_mutual_match(tiny_model):
+    model = RoITr(RoITrConfig(**{**TINY, "confidence_threshold": 0.3, "mutual_k": 2})).double().eval()
+    model.load_state_dict(tiny_model.state_dict())
+    src = _wavy_surface(5)
+    sx, sn, _ = prepare_cloud(src, model.config.num_points, dtype=torch.float64)
+    rx, rn, _ = prepare_cloud(src @ Rotation.from_euler("z", 30, degrees=True).as_matrix().T, model.config.num_points,
+                              dtype=torch.float64)
+    with torch.no_grad():
+        out = model(sx, sn, rx, rn)
+    confident, every = model.match(out), model.match(out, 0.0)
+    pairs = lambda m: set(zip(m["src_index"].tolist(), m["ref_index"].tolist()))
+    assert pairs(confident) < pairs(every) and bool((confident["scores"] > 0.3).all())
+    hypotheses = model.verification_hypotheses(out, 4)
+    assert 1 <= len(hypotheses) <= 4 and all(h.shape == (4, 4) and np.isfinite(h).all() for h in hypotheses)
+    np.testing.assert_allclose(hypotheses[0], model.estimate(every, "lgr")[0])
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        model.match(out, -0.1)
+    for name, value in (("confidence_threshold", 1.5), ("hypothesis_confidence_threshold", float("nan"))):
+        with pytest.raises(ValueError, match=name):
+            RoITrConfig(**{**TINY, name: value})
+
+
 def test_shipped_checkpoint_matches_its_config():
     from pathlib import Path
 
