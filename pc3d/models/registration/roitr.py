@@ -410,8 +410,11 @@ class RoITrRegistration(Registration):
         with torch.no_grad():
             out = self.model(sx, sn, rx, rn)
             matches = self.model.match(out)
-            transform, inliers = self.model.estimate(matches, self.pose)
-            hypotheses = self.model.verification_hypotheses(out, self.verify, self.pose) if self.verify > 1 else None
+            hypotheses = None
+            if self.verify > 1:  # the pose and inliers come from verification below
+                hypotheses = self.model.verification_hypotheses(out, self.verify, self.pose)
+            else:
+                transform, inliers = self.model.estimate(matches, self.pose)
         extra = {"num_superpoints": int(out.src_coarse.shape[0]), "pose": self.pose}
         if hypotheses is not None:
             from .refine import verify_hypotheses
