@@ -14,8 +14,9 @@ Datasets (one row per method and dataset):
 Methods: RoITr with LGR / weighted SVD / RANSAC poses and FPFH+RANSAC, each raw and `+icp`: refined by the
 same coarse-to-fine point-to-plane ICP (`pc3d.models.registration.refine.refine_icp`, 5 cm voxels, 10 -> 5 ->
 2 cm) on the same downsampled clouds, so raw compares with raw and refined with refined. `+verify`: the pose
-chosen by ICP among `--verify` distinct hypotheses (`refine.verify_hypotheses`): RoITr's LGR per-patch poses and
-its RANSAC pose from the one forward pass, and for FPFH the poses of as many RANSAC restarts (equal effort).
+chosen by ICP among `--verify` distinct hypotheses (`refine.verify_hypotheses`): for RoITr its LGR estimate,
+per-patch poses and RANSAC pose on every mutual match of the one forward pass (`RoITr.verification_hypotheses`),
+for FPFH the poses of as many RANSAC restarts (equal effort).
 Columns: seconds per pair (model forward + pose [+ ICP]; the reference is FPFH+RANSAC's time with the same
 refinement), `pose_seconds` (the pose estimator alone: LGR vs SVD vs RANSAC on the same correspondences), RR,
 IR (tau = 0.1 m) of the method's correspondences, median RRE / RTE, `rr_high` / `rr_low` (synthetic pairs by
