@@ -4,7 +4,7 @@
 
 One row per preset (vlp32, waymo64), scene = `generate_scene(0)` (a street with ~30 road users and
 clutter). `seconds` = pc3d's first-hit ray cast of the whole sweep (numba, parallel over rays);
-`reference_seconds` = `reference_raycast.cast_rays_reference` (numpy, vectorised over rays, every ray
+`reference_seconds` = `pc3d.testing.reference_raycast.cast_rays_reference` (numpy, vectorised over rays, every ray
 against every primitive, same ground sphere tracing); `identical` = same hit distance for every ray
 (within 1e-6 m) and the same hit primitive except for exact ties. Extra keys: `rays`, `points`,
 `frame_seconds` (whole `simulate_frame`: scene generation + cast + noise + labels),
@@ -24,7 +24,7 @@ from common import benchmark_parser, report, time_call  # noqa: E402
 
 from pc3d.data.synthetic.lidar import LidarConfig, simulate_frame  # noqa: E402
 from pc3d.data.synthetic.raycast import cast_rays  # noqa: E402
-from pc3d.data.synthetic.reference_raycast import cast_rays_reference  # noqa: E402
+from pc3d.testing.reference_raycast import cast_rays_reference  # noqa: E402
 from pc3d.data.synthetic.scene import generate_scene  # noqa: E402
 
 

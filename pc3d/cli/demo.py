@@ -113,7 +113,7 @@ def _kitti_labels(scan_path: Path):
 def registration_demo(args, outputs: dict) -> None:
     from pc3d.data.synthetic import make_registration_pair
     from pc3d.evaluation.registration_metrics import relative_rotation_error, relative_translation_error
-    from pc3d.models.registration.api import build_registration
+    from pc3d.models.registration.build import build_registration
     from pc3d.viz import render_registration
 
     _step("registration: a synthetic room pair (RoITr, shipped checkpoint) vs FPFH + RANSAC")

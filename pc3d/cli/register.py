@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     import torch
     torch.set_num_threads(max(1, args.threads))
-    from pc3d.models.registration.api import build_registration
+    from pc3d.models.registration.build import build_registration
 
     try:
         src = read_xyz(args.src, args.dim)

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("nuscenes")
 
 from pc3d.data.nuscenes import NuScenesDataset, load_boxes, load_nuscenes, split_sample_tokens  # noqa: E402
-from pc3d.data.nuscenes_writer import write_nuscenes_tables  # noqa: E402
+from pc3d.testing.nuscenes_writer import write_nuscenes_tables  # noqa: E402
 from pc3d.evaluation.nuscenes_eval import evaluate_nuscenes  # noqa: E402
 from pc3d.structures import Boxes3D, Frame, PointCloud  # noqa: E402
 

@@ -12,7 +12,7 @@ from pc3d.data.synthetic.labels import count_points_in_boxes, difficulty_from_co
 from pc3d.data.synthetic.lidar import LidarConfig, scan_with_config, simulate, simulate_frame, without_noise
 from pc3d.data.synthetic.primitives import BOX, CYLINDER, rotation_z
 from pc3d.data.synthetic.raycast import GROUND, MISS, cast_rays
-from pc3d.data.synthetic.reference_raycast import cast_rays_reference
+from pc3d.testing.reference_raycast import cast_rays_reference
 from pc3d.data.synthetic.scene import CLASS_NAMES, SceneConfig, generate_scene, scene_from_shapes
 
 TINY = LidarConfig.preset("tiny16")

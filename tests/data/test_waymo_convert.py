@@ -8,7 +8,7 @@ import pytest
 
 from pc3d.data.waymo import convert
 from pc3d.data.waymo.frame import extract_points, parse_frame
-from pc3d.data.waymo.synthetic_writer import default_lasers, write_synthetic_segment
+from pc3d.testing.waymo_synthetic_writer import default_lasers, write_synthetic_segment
 from pc3d.io.tfrecord import read_tfrecord
 
 

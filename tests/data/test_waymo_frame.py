@@ -6,7 +6,7 @@ from scipy.spatial.transform import Rotation
 from pc3d.data.waymo import range_image as ri
 from pc3d.data.waymo.frame import (CLASS_NAMES, extract_points, frame_id, frame_to_info, labels_to_boxes, parse_frame,
                                    squash_intensity)
-from pc3d.data.waymo.synthetic_writer import SIDE_LEFT, TOP, default_lasers, render_frame, write_synthetic_segment
+from pc3d.testing.waymo_synthetic_writer import SIDE_LEFT, TOP, default_lasers, render_frame, write_synthetic_segment
 from pc3d.io.tfrecord import read_tfrecord
 
 VAL_TFRECORD = "waymo/waymo_format/validation/val.tfrecord"

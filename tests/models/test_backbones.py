@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from pc3d.models.attention import (GroupAttention, PaddedGroupLayer, naive_masked_attention,
-                                   scattered_linear_attention, sinusoidal_position_embedding)
+from pc3d.models.attention import (GroupAttention, PaddedGroupLayer, scattered_linear_attention,
+                                   sinusoidal_position_embedding)
+from pc3d.testing.attention_reference import naive_masked_attention
 from pc3d.models.backbones_3d import BACKBONES_3D, build_backbone_3d
 from pc3d.models.backbones_3d.dsvt import AttentionPooling3d
 from pc3d.ops.partition.rotated_sets import rotated_sets

@@ -4,7 +4,7 @@
   on an analytic `ground`;
 - `lidar`: spinning multi-beam LiDAR (`LidarConfig.preset("waymo64" | "hdl64" | "vlp32" | "tiny16")`,
   `simulate_frame(seed, scene_config, lidar_config) -> Frame`);
-- `raycast`: first-hit numba ray caster (`reference_raycast`: plain numpy version for checks);
+- `raycast`: first-hit numba ray caster (`pc3d.testing.reference_raycast`: plain numpy version for checks);
 - `labels`: boxes, points-in-box counts, Waymo difficulty;
 - `writer`: the on-disk pc3d info format (`write_synthetic_dataset`, CLI hooks `add_arguments` / `run`);
 - `registration_pairs`: indoor rooms scanned by a depth camera (`make_registration_pair`,

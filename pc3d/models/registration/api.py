@@ -57,14 +57,3 @@ class Registration(abc.ABC):
     @abc.abstractmethod
     def register(self, src, ref) -> RegistrationResult:
         """Estimate the transform mapping `src (N, 3)` into `ref (M, 3)`'s frame."""
-
-
-def build_registration(method: str, **kwargs) -> Registration:
-    """Factory: `"fpfh"` -> FPFHRansacRegistration, `"roitr"` -> RoITrRegistration (kwargs passed through)."""
-    if method == "fpfh":
-        from .fpfh_ransac import FPFHRansacRegistration
-        return FPFHRansacRegistration(**kwargs)
-    if method == "roitr":
-        from .roitr import RoITrRegistration
-        return RoITrRegistration.from_checkpoint(**kwargs)
-    raise ValueError(f"method: unknown registration method {method!r} (expected 'fpfh' or 'roitr')")

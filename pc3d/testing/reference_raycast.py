@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ground import GroundModel
-from .primitives import BOX, CYLINDER, Primitives
-from .raycast import GROUND, MISS
+from pc3d.data.synthetic.ground import GroundModel
+from pc3d.data.synthetic.primitives import BOX, CYLINDER, Primitives
+from pc3d.data.synthetic.raycast import GROUND, MISS
 
 _EPS = 1e-9
 
