@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+from pc3d.checkpoint import shipped_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_DETECTOR = "flatformer_synthetic_tiny"
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=8, help="synthetic validation frames to generate")
     p.add_argument("--seed", type=int, default=2026, help="seed of the synthetic validation set")
     p.add_argument("--config", type=Path, default=REPO / "configs/synthetic" / f"{SHIPPED_DETECTOR}.yaml")
-    p.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / f"{SHIPPED_DETECTOR}.pth")
+    p.add_argument("--checkpoint", type=Path, default=shipped_checkpoint(f"{SHIPPED_DETECTOR}.pth"))
     p.add_argument("--skip-registration", action="store_true")
     return p
 
@@ -119,7 +120,7 @@ def registration_demo(args, outputs: dict) -> None:
     _step("registration: a synthetic room pair (RoITr, shipped checkpoint) vs FPFH + RANSAC")
     pair = make_registration_pair(args.seed, overlap="high")
     methods = {"fpfh": {}}
-    ckpt = REPO / "checkpoints" / "roitr_synthetic_tiny.pth"
+    ckpt = shipped_checkpoint("roitr_synthetic_tiny.pth")
     if ckpt.exists():
         methods = {"roitr": {"ckpt": ckpt}, **methods}
     for method, kwargs in methods.items():

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from pc3d.config import dump_config, require_keys
 from pc3d.data.augment import GlobalAugmentation
 from pc3d.data.build import build_dataset
-from pc3d.engine.checkpoint import (load_checkpoint, load_model_weights, restore_rng_state, rng_state,
-                                    save_checkpoint)
+from pc3d.checkpoint import (load_checkpoint, load_model_weights, restore_rng_state, rng_state,
+                             save_checkpoint)
 from pc3d.engine.distributed import DistInfo
 from pc3d.structures import collate
 
