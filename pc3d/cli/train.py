@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from these weights (fine-tuning); optimizer and schedule start fresh")
     p.add_argument("--data-root", help="use this copy of the config's dataset")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU intra-op threads (default 1: faster than torch's default on small machines)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU intra-op threads (default 1: faster than torch's default on small machines; "
+                        "registration configs: train.threads)")
     p.add_argument("--eval", action="store_true", help="evaluate on the validation split after training")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the training summary (and metrics) as JSON")
@@ -74,7 +75,7 @@ def _main(argv=None) -> int:
     from pc3d.engine.trainer import Trainer
     from pc3d.models.build import build_model
 
-    torch.set_num_threads(positive(args.threads, "--threads"))
+    torch.set_num_threads(positive(1 if args.threads is None else args.threads, "--threads"))
     cfg = load_config(args.config, args.overrides, defaults=train_defaults)
     work_dir = args.work_dir or Path("work_dirs") / args.config.stem
     from pc3d.models.registration.training import is_registration_config
@@ -111,6 +112,8 @@ def _train_registration(cfg: dict, work_dir: Path, args) -> int:
     if args.resume or args.eval:
         raise UserError("--resume/--eval: registration configs support --work-dir, --set, --load-from and --json (no --resume/--eval;"
                          " evaluate with tools/test.py CONFIG WORK_DIR/latest.pth)")
+    if args.threads is not None:  # the registration trainer sets its threads from train.threads
+        cfg.setdefault("train", {})["threads"] = args.threads
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     summary = train_from_config(cfg, work_dir, log=log, load_from=args.load_from)
     print(json.dumps(summary, indent=None if args.json else 2))
