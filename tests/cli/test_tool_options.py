@@ -206,3 +206,12 @@ def test_export_writes_the_requested_opset(tmp_path, capsys):
     assert tool("export").main([str(CONFIG), "--opset", "19", "--out", str(out)]) == 0
     model = onnx.load(str(out))
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [19]
+
+
+def test_nested_train_blocks_are_settable_whole(tmp_path):
+    from pc3d.config import load_config
+    from pc3d.engine.trainer import TrainSettings
+    cfg = load_config(CONFIG, ["train.ema={enabled: true, decay: 0.99}", "train.augment={flip_x: true}"],
+                      defaults=tool("train").train_defaults)
+    settings = TrainSettings.from_config(cfg["train"])
+    assert settings.ema == {"enabled": True, "decay": 0.99} and settings.augment == {"flip_x": True}
