@@ -140,6 +140,15 @@ def require_keys(section: dict, allowed: Iterable[str], where: str, required: It
         raise ConfigError(f"{where}: missing required key(s) {missing}")
 
 
+def require_sections(cfg: dict, names: Iterable[str]) -> dict:
+    """`cfg` when it has every top-level section in `names` (as mappings); else a `ConfigError` naming the file."""
+    for name in names:
+        if not isinstance(cfg.get(name), dict):
+            raise ConfigError(f"{cfg.get('_source_', 'config')}: has no '{name}' section"
+                              + (f" (got {type(cfg[name]).__name__})" if name in cfg else ""))
+    return cfg
+
+
 def dump_config(cfg: dict, path) -> None:
     """Write the config actually used (after bases and overrides) as YAML, atomically."""
     import os

@@ -150,14 +150,14 @@ def boxes_max_diff(a, b) -> float:
 def run(args) -> dict:
     import torch
 
-    from pc3d.config import load_config
+    from pc3d.config import load_config, require_sections
     from pc3d.deploy.onnx_export import check_exportable, export_onnx
     from pc3d.models.build import build_model, load_weights
 
     check_opset(args.opset)
     if args.threads is not None:
         torch.set_num_threads(positive(args.threads, "--threads"))
-    cfg = load_config(args.config, args.overrides)
+    cfg = require_sections(load_config(args.config, args.overrides), ("dataset", "model"))
     check_exportable(cfg)  # before building: the spconv baseline is refused with the reason
     features = list(cfg["dataset"]["point_features"])
     detector = build_model(cfg)

@@ -47,7 +47,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> dict:
-    from pc3d.config import apply_override, load_config
+    from pc3d.config import apply_override, load_config, require_sections
     from pc3d.io.points import read_points
     from pc3d.models.detector import Detector, load_checkpoint
     from pc3d.structures import Frame, PointCloud, collate
@@ -58,7 +58,7 @@ def run(args) -> dict:
         raise UserError(f"--score-threshold: must be in [0, 1], got {args.score_threshold}")
     if args.threads is not None:
         torch.set_num_threads(positive(args.threads, "--threads"))
-    cfg = load_config(args.config, args.overrides)
+    cfg = require_sections(load_config(args.config, args.overrides), ("dataset", "model"))
     threshold = config_score_threshold(cfg) if args.score_threshold is None else args.score_threshold
     if threshold < config_score_threshold(cfg):  # decode drops boxes below its own threshold: lower it first
         apply_override(cfg, f"model.head.decode.score_threshold={threshold}", str(args.config))

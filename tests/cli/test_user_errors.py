@@ -138,3 +138,12 @@ def test_visualize_and_eval_waymo_share_the_path(tmp_path, capsys):
     assert err.count("error: ") == 1 and str(folder) in err
     rc, err = run_tool("eval_waymo", [tmp_path / "none.bin", tmp_path / "none.bin"], capsys)
     assert rc == 2 and "none.bin" in err and "Traceback" not in err
+
+
+def test_config_without_sections(tmp_path, capsys):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: only a name\n")
+    for tool, argv in (("infer", [bare, "--points", _scan(tmp_path)]), ("export", [bare]), ("train", [bare]),
+                       ("test", [bare, REPO / "checkpoints/flatformer_synthetic_tiny.pth"])):
+        rc, err = run_tool(tool, argv, capsys)
+        assert_one_line(rc, err, bare, "section")
