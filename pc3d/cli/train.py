@@ -78,6 +78,8 @@ def _main(argv=None) -> int:
     torch.set_num_threads(positive(1 if args.threads is None else args.threads, "--threads"))
     cfg = load_config(args.config, args.overrides, defaults=train_defaults)
     work_dir = args.work_dir or Path("work_dirs") / args.config.stem
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UserError(f"{work_dir}: --work-dir is a file, not a directory")
     from pc3d.models.registration.training import is_registration_config
     if is_registration_config(cfg):  # model.type: roitr -> the registration trainer (single process, CPU)
         return _train_registration(cfg, work_dir, args)
