@@ -109,3 +109,16 @@ def test_shipped_checkpoint_lookup(tmp_path, monkeypatch):
 def test_shipped_registration_checkpoint_is_in_the_one_format():
     raw = torch.load(shipped_checkpoint("roitr_synthetic_tiny.pth"), weights_only=True)
     assert "model" in raw and "state_dict" not in raw and raw["config"]["num_points"] > 0
+
+
+def test_shipped_checkpoint_after_a_plain_install(tmp_path, monkeypatch):
+    """`pip install .` puts the checkpoints in <prefix>/share/pc3d/checkpoints (setup.py data_files)."""
+    import sys
+    installed = tmp_path / "share/pc3d/checkpoints"
+    installed.mkdir(parents=True)
+    (installed / "only_installed.pth").write_bytes(b"x")
+    monkeypatch.delenv("PC3D_CHECKPOINT_DIR", raising=False)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert shipped_checkpoint("only_installed.pth") == installed / "only_installed.pth"
+    missing = shipped_checkpoint("nowhere.pth")
+    assert not missing.exists() and missing.parent.name == "checkpoints"
