@@ -16,6 +16,9 @@ setup(
     packages=pc3d_packages + ops_packages,
     package_dir={"pc3d": "pc3d", "pc3d.ops": "ops"},
     include_package_data=True,
+    # The shipped checkpoints, found by pc3d.checkpoint.shipped_checkpoint after a non-editable install.
+    data_files=[("share/pc3d/checkpoints", ["checkpoints/flatformer_synthetic_tiny.pth",
+                                           "checkpoints/roitr_synthetic_tiny.pth"])],
     install_requires=[
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA wheel on CPU-only machines.
         "torch==2.13.0",

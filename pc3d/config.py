@@ -25,28 +25,39 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the file."""
 
 
-def load_config(path, overrides: Iterable[str] = ()) -> dict:
-    """Load `path` with its bases, apply `key.path=value` overrides, validate the top level."""
+def load_config(path, overrides: Iterable[str] = (), defaults=None) -> dict:
+    """Load `path` with its bases, apply `key.path=value` overrides, validate the top level.
+
+    `defaults(cfg)`, when given, fills in keys a consumer reads at their default values before the overrides
+    are applied, so that those keys can be overridden too (`tools/train.py` does this for `train:`)."""
     path = Path(path)
     cfg = _load_with_bases(path, chain=())
+    if not cfg:
+        raise ConfigError(f"{path}: the config is empty (no sections; expected some of {list(TOP_LEVEL_KEYS)})")
     unknown = [k for k in cfg if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {list(TOP_LEVEL_KEYS)}")
+    cfg["_source_"] = str(path)
+    if defaults is not None:
+        defaults(cfg)
     for item in overrides:
         apply_override(cfg, item, source=str(path))
-    cfg["_source_"] = str(path)
     return cfg
 
 
 def _load_with_bases(path: Path, chain: tuple) -> dict:
+    where = f" (included from {chain[-1]})" if chain else ""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a YAML config file{where}")
     if not path.is_file():
-        where = f" (included from {chain[-1]})" if chain else ""
         raise ConfigError(f"config file not found: {path}{where}")
     resolved = path.resolve()
     if resolved in chain:
         raise ConfigError(f"{path}: circular _base_ chain {[str(p) for p in chain + (resolved,)]}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); is it a YAML config?") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from err
     if not isinstance(data, dict):
@@ -127,6 +138,15 @@ def require_keys(section: dict, allowed: Iterable[str], where: str, required: It
     missing = [k for k in required if k not in section]
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {missing}")
+
+
+def require_sections(cfg: dict, names: Iterable[str]) -> dict:
+    """`cfg` when it has every top-level section in `names` (as mappings); else a `ConfigError` naming the file."""
+    for name in names:
+        if not isinstance(cfg.get(name), dict):
+            raise ConfigError(f"{cfg.get('_source_', 'config')}: has no '{name}' section"
+                              + (f" (got {type(cfg[name]).__name__})" if name in cfg else ""))
+    return cfg
 
 
 def dump_config(cfg: dict, path) -> None:

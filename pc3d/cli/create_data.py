@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from pc3d.cli.errors import run_cli
+
 # subcommand -> module providing add_arguments(parser) and run(args)
 CONVERTERS = {
     "synthetic": ("pc3d.data.synthetic.writer", "synthetic LiDAR frames with labels (the embedded default dataset)"),
@@ -18,6 +20,10 @@ CONVERTERS = {
 
 
 def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True)
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -16,14 +16,19 @@ import time
 import warnings
 from pathlib import Path
 
+from pc3d.checkpoint import shipped_checkpoint
+from pc3d.cli.common import SCAN_INTENSITY_MAX, config_score_threshold, scale_intensity
+from pc3d.cli.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_DETECTOR = "flatformer_synthetic_tiny"
 SHARED = REPO.parent / "shared" / "data"
+# (name, file, float32 columns, source): the source's intensity range (`SCAN_INTENSITY_MAX`) is rescaled to
+# the config's `dataset.intensity_max`, as `tools/infer.py --intensity-max` does.
 REAL_SCANS = (
-    ("kitti_000001", SHARED / "kitti/object/training/velodyne/000001.bin", 4, 1.0),
+    ("kitti_000001", SHARED / "kitti/object/training/velodyne/000001.bin", 4, "kitti"),
     ("nuscenes_sweep", SHARED / "nuscenes/mmdet3d_demo/samples/LIDAR_TOP/"
-     "n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin", 5, 1.0 / 255.0),
+     "n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin", 5, "nuscenes"),
 )
 
 
@@ -33,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=8, help="synthetic validation frames to generate")
     p.add_argument("--seed", type=int, default=2026, help="seed of the synthetic validation set")
     p.add_argument("--config", type=Path, default=REPO / "configs/synthetic" / f"{SHIPPED_DETECTOR}.yaml")
-    p.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / f"{SHIPPED_DETECTOR}.pth")
+    p.add_argument("--checkpoint", type=Path, default=shipped_checkpoint(f"{SHIPPED_DETECTOR}.pth"))
     p.add_argument("--skip-registration", action="store_true")
     return p
 
@@ -60,6 +65,7 @@ def detection_demo(args, outputs: dict) -> None:
     load_weights(model, args.checkpoint)
     model.eval()
     dataset = build_dataset(cfg["dataset"], "val")
+    threshold = config_score_threshold(cfg)  # the tools' default too (tools/infer.py --score-threshold)
 
     _step(f"detector {args.config.name} with {args.checkpoint.name}: inference + Waymo-style evaluation")
     predictions, ground_truths, seconds = predict_dataset(model, dataset, progress=False)
@@ -76,29 +82,30 @@ def detection_demo(args, outputs: dict) -> None:
         pts = frame.points.points.numpy()
         for view in ("bev", "chase"):
             info = render_frame(pts, frame.gt_boxes, predictions[i], args.out / f"synthetic_{i}_{view}.png", view=view,
-                                score_threshold=0.3, title=f"synthetic val frame {i} ({view})")
+                                score_threshold=threshold, title=f"synthetic val frame {i} ({view})")
             print(f"  {info.path}  ({info.backend}, {info.seconds:.2f} s)")
             outputs.setdefault("renders", []).append(info.path)
-        bev = bev_plot(pts, frame.gt_boxes, predictions[i], out=args.out / f"synthetic_{i}_bev_plot.png", score_threshold=0.3)
+        bev = bev_plot(pts, frame.gt_boxes, predictions[i], out=args.out / f"synthetic_{i}_bev_plot.png", score_threshold=threshold)
         outputs["renders"].append(bev if isinstance(bev, (str, Path)) else args.out / f"synthetic_{i}_bev_plot.png")
 
     _step("the same detector on real scans (trained on synthetic data only: expect a domain gap)")
     from pc3d.io.points import read_points
     from pc3d.structures import Frame, PointCloud, collate
-    for name, path, dim, intensity_scale in REAL_SCANS:
+    for name, path, dim, source in REAL_SCANS:
         if not path.exists():
             print(f"  {name}: {path} not found, skipped (place ../shared/data beside the checkout)")
             continue
-        pts = read_points(path, dim)[:, :4].copy()
-        pts[:, 3] *= intensity_scale  # the synthetic intensity is in [0, 1]
+        pts = scale_intensity(read_points(path, dim)[:, :4].copy(), ("x", "y", "z", "intensity"), cfg,
+                              SCAN_INTENSITY_MAX[source], str(path))
         start = time.perf_counter()
         boxes = model(collate([Frame(PointCloud(pts))]))[0]
         elapsed = time.perf_counter() - start
         info = render_frame(pts, _kitti_labels(path) if name.startswith("kitti") else None, boxes,
-                            args.out / f"real_{name}.png", view="bev", score_threshold=0.3,
+                            args.out / f"real_{name}.png", view="bev", score_threshold=threshold,
                             title=f"{name}: synthetic-trained detector (GT green where labelled)")
-        kept = int((boxes.scores >= 0.3).sum()) if boxes.scores is not None else len(boxes)
-        print(f"  {name}: {len(pts)} points, {kept} boxes with score >= 0.3, {elapsed * 1e3:.0f} ms -> {info.path}")
+        kept = int((boxes.scores >= threshold).sum()) if boxes.scores is not None else len(boxes)
+        print(f"  {name}: {len(pts)} points, {kept} boxes with score >= {threshold:g}, {elapsed * 1e3:.0f} ms "
+              f"-> {info.path}")
         outputs.setdefault("renders", []).append(info.path)
 
 
@@ -119,7 +126,7 @@ def registration_demo(args, outputs: dict) -> None:
     _step("registration: a synthetic room pair (RoITr, shipped checkpoint) vs FPFH + RANSAC")
     pair = make_registration_pair(args.seed, overlap="high")
     methods = {"fpfh": {}}
-    ckpt = REPO / "checkpoints" / "roitr_synthetic_tiny.pth"
+    ckpt = shipped_checkpoint("roitr_synthetic_tiny.pth")
     if ckpt.exists():
         methods = {"roitr": {"ckpt": ckpt}, **methods}
     for method, kwargs in methods.items():
@@ -135,13 +142,16 @@ def registration_demo(args, outputs: dict) -> None:
 
 
 def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # numba notes at first parallel launch that this system's TBB is too old and uses OpenMP instead
     warnings.filterwarnings("ignore", message="The TBB threading layer requires TBB")
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.checkpoint.exists():
-        print(f"error: shipped checkpoint {args.checkpoint} is missing", file=sys.stderr)
-        return 1
+    if not args.checkpoint.is_file():
+        raise UserError(f"{args.checkpoint}: shipped checkpoint is missing (or set PC3D_CHECKPOINT_DIR)")
     outputs: dict = {}
     start = time.perf_counter()
     detection_demo(args, outputs)

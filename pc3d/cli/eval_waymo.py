@@ -2,10 +2,13 @@
 import sys
 
 
+from pc3d.cli.errors import run_cli
+
+
 def main(argv=None) -> int:
     from pc3d.evaluation.waymo_metric import cli_main
 
-    return cli_main(argv)
+    return run_cli(cli_main, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,19 @@ import sys
 import time
 from pathlib import Path
 
+from pc3d.cli.errors import UserError, input_file, positive, run_cli
+
+
+def check_opset(opset: int) -> int:
+    """The opsets torch's dynamo exporter really writes: MIN_OPSET..MAX_OPSET (asking for an older one used to
+    give an opset-18 file silently)."""
+    from pc3d.deploy.onnx_export import MAX_OPSET, MIN_OPSET
+
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {MAX_OPSET} only"
+                        + (" (older opsets cannot be produced by torch.onnx's dynamo exporter)" if opset < MIN_OPSET else ""))
+    return opset
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="export.py", description=__doc__.splitlines()[0])
@@ -33,7 +46,9 @@ def parse_args(argv=None):
     parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (optional; random weights without)")
     parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
     parser.add_argument("--out", default=None, help="output file (default: <config stem>.onnx / .plan)")
-    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--opset", type=int, default=18,
+                        help="ONNX opset of the written model: 18 (default) or newer, up to MAX_OPSET; the exporter "
+                             "cannot write older opsets, so they are refused")
     parser.add_argument("--scatter", choices=("elements", "scatternd"), default="elements",
                         help="how the VFE's segment reductions export: ScatterElements (any thread count) or "
                              "ScatterND (much faster in onnxruntime, single-threaded only)")
@@ -59,7 +74,7 @@ def parse_args(argv=None):
 def _scan_columns(path, dim, features):
     from pc3d.io.points import read_points
 
-    scan = read_points(path, dim=dim)
+    scan = read_points(input_file(path, "point"), dim=dim)
     if scan.ndim != 2 or scan.shape[1] < len(features):
         raise ValueError(f"{path}: the config reads {len(features)} point features {features} but the scan has "
                          f"{scan.shape[1] if scan.ndim == 2 else scan.shape} column(s); pass --dim if it is a .bin")
@@ -135,13 +150,14 @@ def boxes_max_diff(a, b) -> float:
 def run(args) -> dict:
     import torch
 
-    from pc3d.config import load_config
+    from pc3d.config import load_config, require_sections
     from pc3d.deploy.onnx_export import check_exportable, export_onnx
     from pc3d.models.build import build_model, load_weights
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides)
+    check_opset(args.opset)
+    if args.threads is not None:
+        torch.set_num_threads(positive(args.threads, "--threads"))
+    cfg = require_sections(load_config(args.config, args.overrides), ("dataset", "model"))
     check_exportable(cfg)  # before building: the spconv baseline is refused with the reason
     features = list(cfg["dataset"]["point_features"])
     detector = build_model(cfg)
@@ -193,18 +209,17 @@ def _tensorrt(args, cfg, detector, onnx_path: Path, engine_path: Path, layout: d
 
 
 def main(argv=None) -> int:
-    from pc3d.config import ConfigError
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
     from pc3d.deploy.onnx_export import ExportError
 
     args = parse_args(argv)
     try:
         result = run(args)
-    except ExportError as err:
-        print(f"export: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, ConfigError) as err:
-        print(f"export: error: {err}", file=sys.stderr)
-        return 2
+    except ExportError as err:  # a config the exporter cannot handle (the spconv baseline): the user's choice
+        raise UserError(str(err)) from None
     if args.json:
         print(json.dumps(result))
     else:

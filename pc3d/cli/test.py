@@ -2,6 +2,9 @@
 
     tools/test.py CONFIG CKPT [--set key=value ...] [--data-root DIR] [--split val] [--json] [--visualize N]
     torchrun --nproc_per_node 2 tools/test.py CONFIG CKPT
+
+metrics.json (and renders) go to `--out-dir`, by default `work_dirs/<config stem>/eval_<split>/`: never next
+to the checkpoint, which may be the shipped one inside the repository's `checkpoints/`.
 """
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from pc3d.cli.errors import input_file, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-root", help="use this copy of the config's dataset")
     p.add_argument("--split", help="default: dataset.val_split (val)")
-    p.add_argument("--out-dir", type=Path, help="where metrics.json and renders go (default: next to the checkpoint)")
+    p.add_argument("--out-dir", type=Path, help="where metrics.json and renders go (default: work_dirs/<config stem>/eval_<split>)")
     p.add_argument("--visualize", type=int, default=0, metavar="N", help="render the first N frames (prediction vs GT)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -39,8 +44,18 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def default_out_dir(config: Path, split: str) -> Path:
+    """`work_dirs/<config stem>/eval_<split>` (relative to the current directory, like tools/train.py's)."""
+    return Path("work_dirs") / config.stem / f"eval_{split}"
+
+
 def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    input_file(args.checkpoint, "checkpoint")
     from pc3d.config import load_config
     from pc3d.data.build import build_dataset
     from pc3d.engine.distributed import cleanup, init_distributed
@@ -65,7 +80,7 @@ def main(argv=None) -> int:
         metrics = config_metrics(cfg, predictions, ground_truths)
         metrics["frames"] = len(predictions)
         metrics["seconds_per_frame"] = seconds
-        out_dir = args.out_dir or args.checkpoint.parent / f"eval_{split}"
+        out_dir = args.out_dir or default_out_dir(args.config, split)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if args.visualize:
@@ -89,7 +104,7 @@ def _test_registration(cfg: dict, args) -> int:
     from pc3d.models.registration.training import evaluate_checkpoint
     torch.set_num_threads(1)
     metrics = evaluate_checkpoint(cfg, args.checkpoint)
-    out_dir = args.out_dir or args.checkpoint.parent / "eval_val"
+    out_dir = args.out_dir or default_out_dir(args.config, "val")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if args.json:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pc3d.cli.errors import UserError, input_file, run_cli, user_exit
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -63,12 +65,12 @@ def load_boxes_json(path: Path, class_names=None):
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise SystemExit(f"error: box file not found: {path}")
+        raise user_exit(f"box file not found: {path}")
     except json.JSONDecodeError as err:
-        raise SystemExit(f"error: {path} is not valid JSON ({err})")
+        raise user_exit(f"{path} is not valid JSON ({err})")
     items = data.get("boxes") if isinstance(data, dict) else data
     if not isinstance(items, list):
-        raise SystemExit(f"error: {path}: expected {{\"boxes\": [...]}} or a list of boxes")
+        raise user_exit(f"{path}: expected {{\"boxes\": [...]}} or a list of boxes")
     names = list(class_names or [])
     for item in items:
         label = item.get("label") if isinstance(item, dict) else None
@@ -77,25 +79,25 @@ def load_boxes_json(path: Path, class_names=None):
     try:
         return Boxes3D.from_json(items, names or None)
     except (KeyError, ValueError, TypeError) as err:
-        raise SystemExit(f"error: {path}: bad box entry ({err})")
+        raise user_exit(f"{path}: bad box entry ({err})")
 
 
 def load_point_labels(path: Path, num_points: int) -> np.ndarray:
     """(N,) int64 labels from .npy or a SemanticKITTI .label (uint32: semantic id in the low 16 bits)."""
     if not path.is_file():
-        raise SystemExit(f"error: point label file not found: {path}")
+        raise user_exit(f"point label file not found: {path}")
     if path.suffix == ".label":
         labels = (np.fromfile(path, dtype=np.uint32) & 0xFFFF).astype(np.int64)
     else:
         try:
             labels = np.load(path, allow_pickle=False)
         except ValueError as err:
-            raise SystemExit(f"error: {path}: not a readable .npy array ({err})")
+            raise user_exit(f"{path}: not a readable .npy array ({err})")
         if not np.issubdtype(labels.dtype, np.integer):
-            raise SystemExit(f"error: {path}: point labels must be integers, got {labels.dtype}")
+            raise user_exit(f"{path}: point labels must be integers, got {labels.dtype}")
         labels = labels.reshape(-1).astype(np.int64)
     if labels.shape[0] != num_points:
-        raise SystemExit(f"error: {path}: {labels.shape[0]} labels for {num_points} points")
+        raise user_exit(f"{path}: {labels.shape[0]} labels for {num_points} points")
     return labels
 
 
@@ -107,7 +109,7 @@ def load_info_frame(info_path: Path, index: int):
     infos = read_infos(info_path)
     frames = infos["frames"]
     if not 0 <= index < len(frames):
-        raise SystemExit(f"error: --index {index} out of range: {info_path} has {len(frames)} frames")
+        raise user_exit(f"--index {index} out of range: {info_path} has {len(frames)} frames")
     info = frames[index]
     points = np.load(info_path.parent / info["points"], allow_pickle=False)
     names = list(infos["class_names"])
@@ -121,12 +123,15 @@ def load_info_frame(info_path: Path, index: int):
 
 
 def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (ValueError, TypeError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except RuntimeError as err:  # a render backend that cannot start (no display for --show)
+        raise UserError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,9 +147,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         from pc3d.io.points import read_points
         try:
-            points = read_points(args.points, args.dim)
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"error: {err}")
+            path = input_file(args.points, "point")
+        except UserError as err:
+            raise user_exit(str(err)) from None
+        points = read_points(path, args.dim)
         title = args.points.name
     if args.gt_boxes is not None:
         gt = load_boxes_json(args.gt_boxes, class_names)

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from pc3d.config import dump_config, require_keys
+from pc3d.config import ConfigError, dump_config, require_keys
 from pc3d.data.augment import GlobalAugmentation
 from pc3d.data.build import build_dataset
-from pc3d.engine.checkpoint import (load_checkpoint, load_model_weights, restore_rng_state, rng_state,
-                                    save_checkpoint)
+from pc3d.checkpoint import (load_checkpoint, load_model_weights, restore_rng_state, rng_state,
+                             save_checkpoint)
 from pc3d.engine.distributed import DistInfo
 from pc3d.structures import collate
 
@@ -49,6 +49,19 @@ class TrainSettings:
     # Boxes with fewer LiDAR points are dropped from training targets: a box with no points (fully
     # occluded) asks the network for a peak where there is no evidence (OpenPCDet drops them too).
     min_box_points: int = 1
+
+    def __post_init__(self):
+        # A zero or negative count would divide by zero or train nothing; each error names the key.
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
+                              ("keep_checkpoints", 1), ("min_box_points", 0), ("max_steps", 1),
+                              ("checkpoint_every_steps", 1)):
+            value = getattr(self, name)
+            if value is None and name in ("max_steps", "checkpoint_every_steps"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"train.{name}: expected an int >= {minimum}, got {value!r}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"train.amp: expected 'none', 'bf16' or 'fp16', got {self.amp!r}")
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":

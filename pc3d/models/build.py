@@ -16,11 +16,11 @@ def build_model(cfg: dict) -> torch.nn.Module:
     return Detector.from_config(cfg)
 
 
-def load_weights(model: torch.nn.Module, path, prefer_ema: bool = True) -> dict:
-    """Load a checkpoint's weights into `model` (EMA weights when the checkpoint has them)."""
-    from pc3d.engine.checkpoint import load_checkpoint, load_model_weights
+def load_weights(model: torch.nn.Module, path) -> dict:
+    """Load a checkpoint's inference weights into `model` (`ema` when present, else `model`; see
+    `pc3d.checkpoint`). Returns the whole checkpoint dict."""
+    from pc3d.checkpoint import inference_weights, load_checkpoint, load_model_weights
 
     state = load_checkpoint(path)
-    weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
-    load_model_weights(model, weights, str(path))
+    load_model_weights(model, inference_weights(state), str(path))
     return state

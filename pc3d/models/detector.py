@@ -233,29 +233,10 @@ def build_detector(model_cfg: dict, class_names: Sequence[str], point_features: 
 
 
 def load_checkpoint(model: nn.Module, path, map_location="cpu") -> dict:
-    """Load `{"model": state_dict, ...}` (the trainer's format) strictly; a mismatch lists every key.
+    """Load a checkpoint's inference weights into `model` through `pc3d.checkpoint` (safe loading, `ema` when
+    present, strict keys with a short mismatch summary). Returns the whole checkpoint dict."""
+    from pc3d.checkpoint import inference_weights, load_checkpoint as read_checkpoint, load_model_weights
 
-    Returns the whole checkpoint dict (epoch, optimizer, config, ... when present).
-    """
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ValueError(f"{path}: expected a dict with key 'model' (a state_dict), got "
-                         f"{type(checkpoint).__name__}{' with keys ' + str(sorted(checkpoint)) if isinstance(checkpoint, dict) else ''}")
-    state = checkpoint["model"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(state)
-                         if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or wrong_shape:
-        lines = [f"{path}: checkpoint does not match the model built from the config"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-        if wrong_shape:
-            lines.append("  shape mismatches: " + ", ".join(
-                f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong_shape))
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+    checkpoint = read_checkpoint(path)
+    load_model_weights(model, inference_weights(checkpoint), str(path))  # copied onto the model's own device
     return checkpoint

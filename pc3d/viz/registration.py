@@ -136,13 +136,14 @@ def render_registration(src, ref, transform, correspondences=None, inlier_mask=N
         panels.append((f"correspondences: {int(inliers.sum())}/{len(inliers)} inliers ({100 * ratio:.1f}%)", image))
         used.add(b)
 
-    figure = _compose(panels, theme_obj, title)
+    figure = _compose(panels, theme_obj, title, with_lines=correspondences is not None)
     path = save_png(figure, out)
     return RenderInfo(path, time.perf_counter() - start, "+".join(sorted(used)), camera)
 
 
-def _compose(panels, theme, title: str | None) -> np.ndarray:
-    """Panels side by side with titles and a colour key (matplotlib Agg) -> uint8 image."""
+def _compose(panels, theme, title: str | None, with_lines: bool = False) -> np.ndarray:
+    """Panels side by side with titles and a colour key (matplotlib Agg) -> uint8 image. The key lists the
+    inlier / outlier line colours only when `with_lines` (a correspondence panel was drawn)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -162,10 +163,12 @@ def _compose(panels, theme, title: str | None) -> np.ndarray:
         ax.set_axis_off()
         ax.set_title(name, color=theme.text, fontsize=12, pad=4)
     handles = [Line2D([], [], color=SOURCE_COLOR, marker="o", ls="none", label="source"),
-               Line2D([], [], color=REFERENCE_COLOR, marker="o", ls="none", label="reference"),
-               Line2D([], [], color=INLIER_COLOR, lw=2, label="inlier"),
-               Line2D([], [], color=OUTLIER_COLOR, lw=2, label="outlier")]
-    fig.legend(handles=handles, loc="upper right", ncol=4, fontsize=10, frameon=False, labelcolor=theme.text)
+               Line2D([], [], color=REFERENCE_COLOR, marker="o", ls="none", label="reference")]
+    if with_lines:
+        handles += [Line2D([], [], color=INLIER_COLOR, lw=2, label="inlier"),
+                    Line2D([], [], color=OUTLIER_COLOR, lw=2, label="outlier")]
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=10, frameon=False,
+               labelcolor=theme.text)
     if title:
         fig.text(0.005, 0.995, title, ha="left", va="top", fontsize=12, color=theme.text)
     canvas.draw()

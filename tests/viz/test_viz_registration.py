@@ -100,3 +100,19 @@ def test_registration_bad_inputs(tmp_path, kwargs, error):
     args.update(kwargs)
     with pytest.raises(error):
         render_registration(**args)
+
+
+def test_legend_lists_line_colours_only_when_lines_are_drawn(tmp_path):
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(-1, 1, (400, 3))
+    pairs = np.stack([np.arange(40), np.arange(40)], axis=1)
+    header = {}
+    for name, corr in (("without", None), ("with", pairs)):
+        info = render_registration(ref, ref, np.eye(4), corr, out=tmp_path / f"{name}.png", panel_width=200,
+                                   panel_height=160, backend="software")
+        header[name] = np.asarray(Image.open(info.path).convert("RGB"))[:60]  # title and colour key
+    assert color_mask(header["without"], INLIER_COLOR, tol=30).sum() == 0
+    assert color_mask(header["without"], OUTLIER_COLOR, tol=30).sum() == 0
+    assert color_mask(header["without"], SOURCE_COLOR, tol=30).sum() > 0
+    assert color_mask(header["with"], INLIER_COLOR, tol=30).sum() > 0
+    assert color_mask(header["with"], OUTLIER_COLOR, tol=30).sum() > 0

@@ -22,6 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pc3d.checkpoint import CheckpointError, inference_weights, load_model_weights, shipped_checkpoint
+from pc3d.checkpoint import load_checkpoint as read_checkpoint
+from pc3d.checkpoint import save_checkpoint as write_checkpoint
 from pc3d.ops.point_ops import estimate_normals, three_nn_interpolate
 
 from .api import Registration, RegistrationResult, validate_cloud
@@ -32,7 +35,8 @@ from .pose import distinct_poses, lgr_hypotheses, local_to_global_registration, 
 from .ppf_attention import LocalPPFAttention, make_norm, neighbourhood_ppf
 from .sampling import farthest_point_sample
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[3] / "checkpoints" / "roitr_synthetic_tiny.pth"
+# The shipped model; found in $PC3D_CHECKPOINT_DIR, the source checkout or <prefix>/share/pc3d/checkpoints.
+DEFAULT_CHECKPOINT = shipped_checkpoint("roitr_synthetic_tiny.pth")
 
 
 @dataclass
@@ -322,23 +326,26 @@ class RoITr(nn.Module):
 
 
 def save_checkpoint(model: RoITr, path, extra: dict | None = None) -> None:
-    """`{"config": dict, "state_dict": ..., **extra}` via torch.save (loadable with weights_only=True), written
-    atomically so an interrupted save never corrupts the last good checkpoint."""
-    payload = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()},
-               "state_dict": model.state_dict()}
+    """The one checkpoint format (`pc3d.checkpoint`): `{"model": state_dict, "config": RoITrConfig as a dict,
+    **extra}`, written atomically."""
+    payload = {"model": model.state_dict(),
+               "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}}
     payload.update(extra or {})
-    from pc3d.engine.checkpoint import save_checkpoint as save_atomically  # temp file + rename
-    save_atomically(payload, path)
+    write_checkpoint(payload, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> RoITr:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"RoITr checkpoint not found: {path}")
-    payload = torch.load(str(path), map_location=map_location, weights_only=True)
-    model = RoITr(RoITrConfig.from_dict(payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
+    """A RoITr from a checkpoint (safe loading through `pc3d.checkpoint`; `ema` weights when present; the
+    earlier `{"config", "state_dict"}` layout is read too)."""
+    state = read_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path}: has no RoITr model 'config'; is it a detector checkpoint?")
+    try:
+        model = RoITr(RoITrConfig.from_dict(state["config"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its 'config' is not a RoITr model config ({err})") from None
+    load_model_weights(model, inference_weights(state), str(path))
+    return model.to(map_location).eval()
 
 
 def input_subset(num_input: int, max_input_points: int | None, seed: int = 0) -> np.ndarray:
