@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def format_metrics(metrics: dict) -> str:
     rows = {}
     for key, value in metrics.items():
-        if "/" not in key:
+        if "/" not in key or key.startswith("kitti/"):  # KITTI AP has its own table
             continue
         name, kind = key.rsplit("/", 1)
         rows.setdefault(name, {})[kind] = value
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from pc3d.config import load_config
     from pc3d.data.build import build_dataset
     from pc3d.engine.distributed import cleanup, init_distributed
-    from pc3d.engine.evaluate import config_metrics, predict_dataset
+    from pc3d.engine.evaluate import config_metrics, kitti_dataset_metrics, predict_dataset
     from pc3d.models.build import build_model, load_weights
 
     cfg = load_config(args.config, args.overrides)
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
             return 0
         predictions, ground_truths, seconds = result
         metrics = config_metrics(cfg, predictions, ground_truths)
+        if cfg["dataset"]["type"] == "kitti":  # the benchmark's own AP next to the Waymo-style one
+            metrics.update(kitti_dataset_metrics(dataset, predictions))
         metrics["frames"] = len(predictions)
         metrics["seconds_per_frame"] = seconds
         out_dir = args.out_dir or args.checkpoint.parent / f"eval_{split}"
@@ -78,6 +80,9 @@ def main(argv=None) -> int:
             print(json.dumps(metrics))
         else:
             print(format_metrics(metrics))
+            if any(k.startswith("kitti/") for k in metrics):
+                from pc3d.evaluation.kitti_metric import format_kitti_metrics
+                print(format_kitti_metrics(metrics))
             print(f"{len(predictions)} frames, {seconds * 1e3:.1f} ms/frame; metrics and renders: {out_dir}")
     finally:
         cleanup(dist_info)

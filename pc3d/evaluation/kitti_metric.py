@@ -75,9 +75,16 @@ class KittiFrameBoxes:
             value = getattr(self, name)
             if value is not None and value.shape[0] != m:
                 raise ValueError(f"KittiFrameBoxes {self.frame_id!r}: {name} has {value.shape[0]} rows for {m} names")
-        if not np.isfinite(self.boxes_camera).all():
-            raise ValueError(f"KittiFrameBoxes {self.frame_id!r}: boxes_camera holds NaN or inf")
         self._lower = np.array([n.lower() for n in self.names], dtype=object)
+        # a NaN box or a size <= 0 is refused, never dropped (docs/conventions.md "Ground truth");
+        # DontCare rows carry the format's -1 / -1000 placeholders
+        real = self._lower != "dontcare"
+        sizes_ok = (self.boxes_camera[:, 3:6] > 0).all(axis=1)
+        bad = np.flatnonzero(real & ~(np.isfinite(self.boxes_camera).all(axis=1) & sizes_ok))
+        if bad.size:
+            what = "detection" if self.scores is not None else "ground truth"
+            raise ValueError(f"{what} of frame {self.frame_id!r}: box {bad[0]} {self.boxes_camera[bad[0]].round(4).tolist()} "
+                             "has a NaN or inf value or a size (h, w, l) that is not > 0")
 
     def __len__(self) -> int:
         return len(self.names)

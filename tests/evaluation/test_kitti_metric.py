@@ -99,3 +99,7 @@ def test_bad_input_is_refused():
         kitti_metrics([gt], [_det([], [], [])], classes=("Vehicle",))
     with pytest.raises(ValueError, match="NaN"):
         _gt(["Car"], [[np.nan] + CAR[1:]])
+    with pytest.raises(ValueError, match=r"ground truth of frame '': box 1 .*not > 0"):
+        _gt(["Car", "Car"], [CAR, CAR[:3] + [-1.5] + CAR[4:]])
+    with pytest.raises(ValueError, match=r"detection of frame '': box 0 .*not > 0"):
+        _det(["Car"], [CAR[:5] + [0.0, 0.3]], [0.5])
