@@ -111,26 +111,52 @@ def _overlaps(dets: KittiFrameBoxes, gts: KittiFrameBoxes, kind: str) -> np.ndar
     return out
 
 
-def _ignore_flags(gts: KittiFrameBoxes, dets: KittiFrameBoxes, cls: str, difficulty: int):
+@dataclass
+class _Stacked:
+    """Every frame's boxes concatenated (the per-frame Python loop was the cost: 17 s on 3769 frames)."""
+
+    gt_lower: np.ndarray
+    gt_height: np.ndarray
+    gt_occluded: np.ndarray
+    gt_truncated: np.ndarray
+    gt_start: np.ndarray  # (F + 1,) offsets
+    det_lower: np.ndarray
+    det_height: np.ndarray
+    det_scores: np.ndarray
+    det_start: np.ndarray
+
+    @classmethod
+    def of(cls, gts: Sequence[KittiFrameBoxes], dets: Sequence[KittiFrameBoxes]) -> "_Stacked":
+        def offsets(frames):
+            return np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64)
+
+        def cat(arrays, dtype):
+            return np.concatenate([np.asarray(a, dtype=dtype) for a in arrays]) if arrays else np.zeros(0, dtype)
+
+        return cls(cat([g._lower for g in gts], object), cat([g.bbox[:, 3] - g.bbox[:, 1] for g in gts], np.float64),
+                   cat([g.occluded for g in gts], np.int64), cat([g.truncated for g in gts], np.float64), offsets(gts),
+                   cat([d._lower for d in dets], object), cat([np.abs(d.bbox[:, 3] - d.bbox[:, 1]) for d in dets], np.float64),
+                   cat([d.scores for d in dets], np.float64), offsets(dets))
+
+
+def _ignore_flags(st: _Stacked, cls: str, difficulty: int):
     """Per box: 0 = counts, 1 = ignored (neither hit nor miss), -1 = other class. Returns (gt, det, n_valid)."""
     cls = cls.lower()
-    height = gts.bbox[:, 3] - gts.bbox[:, 1]
-    too_hard = ((gts.occluded > _MAX_OCCLUSION[difficulty]) | (gts.truncated > _MAX_TRUNCATION[difficulty])
-                | (height <= _MIN_HEIGHT[difficulty]))
-    same = gts._lower == cls
-    neighbour = gts._lower == _NEIGHBOUR.get(cls, "\0")
-    gt_flag = np.full(len(gts), -1, dtype=np.int64)
+    too_hard = ((st.gt_occluded > _MAX_OCCLUSION[difficulty]) | (st.gt_truncated > _MAX_TRUNCATION[difficulty])
+                | (st.gt_height <= _MIN_HEIGHT[difficulty]))
+    same = st.gt_lower == cls
+    neighbour = st.gt_lower == _NEIGHBOUR.get(cls, "\0")
+    gt_flag = np.full(len(same), -1, dtype=np.int64)
     gt_flag[neighbour | (same & too_hard)] = 1
     gt_flag[same & ~too_hard] = 0
-    det_height = np.abs(dets.bbox[:, 3] - dets.bbox[:, 1])
-    det_flag = np.where(dets._lower == cls, 0, -1).astype(np.int64)
-    det_flag[det_height < _MIN_HEIGHT[difficulty]] = 1  # too small in the image: ignored whatever its class
+    det_flag = np.where(st.det_lower == cls, 0, -1).astype(np.int64)
+    det_flag[st.det_height < _MIN_HEIGHT[difficulty]] = 1  # too small in the image: ignored whatever its class
     return gt_flag, det_flag, int((gt_flag == 0).sum())
 
 
 @njit(cache=True)
-def _match(overlaps, gt_flag, det_flag, scores, min_overlap, score_threshold, counting):
-    """Greedy matching of one frame. Returns (tp, fp, fn, matched scores).
+def _match(overlaps, gt_flag, det_flag, scores, min_overlap, score_threshold, counting, matched):
+    """Greedy matching of one frame; the scores of counted matches go to `matched`. Returns (tp, fp).
 
     First pass (`counting` False): each ground truth takes the best-scoring free detection over the
     threshold; the matched scores of counted pairs give the score thresholds. Counting pass: detections
@@ -144,9 +170,6 @@ def _match(overlaps, gt_flag, det_flag, scores, min_overlap, score_threshold, co
         for j in range(n_det):
             below[j] = scores[j] < score_threshold
     tp = 0
-    fn = 0
-    matched = np.empty(n_gt, dtype=np.float64)
-    n_matched = 0
     none = -10000000.0
     for i in range(n_gt):
         if gt_flag[i] == -1:
@@ -169,21 +192,43 @@ def _match(overlaps, gt_flag, det_flag, scores, min_overlap, score_threshold, co
             elif det_flag[j] == 1 and best_key == none:
                 best, best_key, best_is_ignored = j, 1.0, True
         if best_key == none:
-            if gt_flag[i] == 0:
-                fn += 1
-        elif gt_flag[i] == 1 or det_flag[best] == 1:
-            taken[best] = True
-        else:
+            continue  # a miss when gt_flag is 0; misses are not needed (recall uses the valid count)
+        taken[best] = True
+        if gt_flag[i] == 0 and det_flag[best] == 0:
+            matched[tp] = scores[best]
             tp += 1
-            matched[n_matched] = scores[best]
-            n_matched += 1
-            taken[best] = True
     fp = 0
     if counting:
         for j in range(n_det):
             if not (taken[j] or det_flag[j] != 0 or below[j]):
                 fp += 1
-    return tp, fp, fn, matched[:n_matched]
+    return tp, fp
+
+
+@njit(cache=True)
+def _all_frames(flat_overlaps, overlap_start, gt_start, det_start, gt_flag, det_flag, scores, min_overlap,
+                thresholds, counting):
+    """`_match` over every frame: matched scores (first pass) or per-threshold (tp, fp) (counting pass)."""
+    n_frames = gt_start.shape[0] - 1
+    matched_all = np.empty(gt_flag.shape[0], dtype=np.float64)
+    n_matched = 0
+    n_thr = thresholds.shape[0] if counting else 1
+    tp = np.zeros(n_thr, dtype=np.int64)
+    fp = np.zeros(n_thr, dtype=np.int64)
+    for f in range(n_frames):
+        g0, g1, d0, d1 = gt_start[f], gt_start[f + 1], det_start[f], det_start[f + 1]
+        ov = flat_overlaps[overlap_start[f]:overlap_start[f + 1]].reshape((d1 - d0, g1 - g0))
+        buf = np.empty(g1 - g0, dtype=np.float64)
+        for t in range(n_thr):
+            threshold = thresholds[t] if counting else 0.0
+            a, b = _match(ov, gt_flag[g0:g1], det_flag[d0:d1], scores[d0:d1], min_overlap, threshold, counting, buf)
+            if counting:
+                tp[t] += a
+                fp[t] += b
+            else:
+                matched_all[n_matched:n_matched + a] = buf[:a]
+                n_matched += a
+    return matched_all[:n_matched], tp, fp
 
 
 def _score_thresholds(matched_scores: np.ndarray, n_valid: int) -> np.ndarray:
@@ -206,21 +251,16 @@ def _score_thresholds(matched_scores: np.ndarray, n_valid: int) -> np.ndarray:
     return np.asarray(kept, dtype=np.float64)
 
 
-def _precision_curve(gts, dets, overlaps, cls, difficulty, min_overlap) -> np.ndarray:
-    flags = [_ignore_flags(g, d, cls, difficulty) for g, d in zip(gts, dets)]
-    n_valid = sum(f[2] for f in flags)
-    det_scores = [d.scores for d in dets]
-    matched = [_match(ov, g, d, s, min_overlap, 0.0, False)[3]
-               for ov, (g, d, _), s in zip(overlaps, flags, det_scores)]
-    thresholds = _score_thresholds(np.concatenate(matched) if matched else np.zeros(0), n_valid)
+def _precision_curve(st: _Stacked, overlaps, cls, difficulty, min_overlap) -> np.ndarray:
+    flat, overlap_start = overlaps
+    gt_flag, det_flag, n_valid = _ignore_flags(st, cls, difficulty)
+    args = (flat, overlap_start, st.gt_start, st.det_start, gt_flag, det_flag, st.det_scores, float(min_overlap))
+    matched, _, _ = _all_frames(*args, np.zeros(0), False)
+    thresholds = _score_thresholds(matched, n_valid)
     precision = np.zeros(_SAMPLE_POINTS)
-    for t, threshold in enumerate(thresholds):
-        tp = fp = 0
-        for ov, (g, d, _), s in zip(overlaps, flags, det_scores):
-            a, b, _, _ = _match(ov, g, d, s, min_overlap, threshold, True)
-            tp += a
-            fp += b
-        precision[t] = tp / (tp + fp)
+    if len(thresholds):
+        _, tp, fp = _all_frames(*args, thresholds, True)
+        precision[:len(thresholds)] = tp / (tp + fp)
     return np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
 
 
@@ -236,11 +276,14 @@ def kitti_metrics(ground_truths: Sequence[KittiFrameBoxes], detections: Sequence
     if unknown:
         raise ValueError(f"kitti_metrics: no KITTI overlap threshold for class(es) {unknown}; known: {list(MIN_OVERLAP)}")
     out = {}
+    stacked = _Stacked.of(ground_truths, detections)
     for kind in ("3d", "bev"):
-        overlaps = [_overlaps(d, g, kind) for g, d in zip(ground_truths, detections)]
+        blocks = [_overlaps(d, g, kind).ravel() for g, d in zip(ground_truths, detections)]
+        overlaps = (np.concatenate(blocks) if blocks else np.zeros(0),
+                    np.concatenate([[0], np.cumsum([len(b) for b in blocks])]).astype(np.int64))
         for cls in classes:
             for level, name in enumerate(DIFFICULTIES):
-                precision = _precision_curve(ground_truths, detections, overlaps, cls, level, MIN_OVERLAP[cls])
+                precision = _precision_curve(stacked, overlaps, cls, level, MIN_OVERLAP[cls])
                 out[f"kitti/{cls}/{kind}_R40/{name}"] = float(precision[1:].sum() / 40 * 100)
                 out[f"kitti/{cls}/{kind}_R11/{name}"] = float(precision[::4].sum() / 11 * 100)
     return out
