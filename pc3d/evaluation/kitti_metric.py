@@ -9,7 +9,8 @@ of the official C++ devkit), re-implemented from its rules:
   fails its difficulty is *ignored*: it is neither a miss nor does a detection on it count as false.
 - Neighbour classes: for Car, `Van` ground truths are ignored (not misses); for Pedestrian, `Person_sitting`.
   Every other class is unrelated. `DontCare` regions only matter for the 2D image metric, which is not
-  computed here.
+  computed here (the C++ devkit also discounts detections on DontCare regions for 3D / BEV; the Python
+  evaluator that OpenPCDet and mmdet3d print, reproduced here, does that for the 2D metric only).
 - Detections whose 2D box is lower than the difficulty's minimum height are ignored (never false
   positives, never true positives).
 - Matching, per frame and score threshold: ground truths in order, each takes the unassigned detection
