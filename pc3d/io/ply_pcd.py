@@ -3,8 +3,9 @@
 Why not Open3D alone: on a truncated binary PLY, Open3D prints "Read PLY failed" and still returns every
 declared row, a third of them uninitialised memory (inf, ~1e-26); it also drops intensity. Reading the
 header ourselves lets us check the declared point count against the bytes (or lines) present and keep an
-intensity column. Layouts numpy cannot address directly (a list property before or inside the vertex
-element, PCD `binary_compressed`) go through Open3D, with the declared count checked.
+intensity column. PLY elements with list properties (faces before the vertices, rarely lists inside the
+vertex rows) are walked row by row. Only PCD `binary_compressed` (LZF) goes through Open3D, after the
+compressed block's size is checked against the file, and with the declared count checked after.
 
 Both readers return `float32 (N, 3)` x, y, z, or `(N, 4)` with intensity when the file has a property /
 field named intensity (also `scalar_intensity`, `reflectance`, `remission`, `i`). Every error names the file.
@@ -56,7 +57,7 @@ def read_ply(path: Path) -> np.ndarray:
     if not data.startswith(b"ply"):
         raise ValueError(f"{path}: not a PLY file (does not start with 'ply')")
     lines, start = _split_header(path, data, b"end_header")
-    fmt, elements = None, []  # elements: [name, count, [(prop name, dtype or None for a list)]]
+    fmt, elements = None, []  # elements: [name, count, [(prop name, dtype, or (count dtype, item dtype) of a list)]]
     for line in lines[1:]:
         words = line.split()
         if words[0] == "format" and len(words) >= 2:
@@ -67,8 +68,8 @@ def read_ply(path: Path) -> np.ndarray:
             except ValueError as err:
                 raise ValueError(f"{path}: bad PLY header line {line!r}") from err
         elif words[0] == "property" and elements:
-            if words[1] == "list":
-                elements[-1][2].append((words[-1], None))
+            if len(words) == 5 and words[1] == "list" and words[2] in _PLY_TYPES and words[3] in _PLY_TYPES:
+                elements[-1][2].append((words[4], (_PLY_TYPES[words[2]], _PLY_TYPES[words[3]])))
             elif len(words) == 3 and words[1] in _PLY_TYPES:
                 elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
             else:
@@ -79,16 +80,20 @@ def read_ply(path: Path) -> np.ndarray:
     if index is None:
         raise ValueError(f"{path}: PLY header declares no 'element vertex'")
     _, count, props = elements[index]
-    if count < 0:
-        raise ValueError(f"{path}: negative vertex count {count}")
+    if count < 0 or any(e[1] < 0 for e in elements):
+        raise ValueError(f"{path}: negative element count in the PLY header")
     before = elements[:index]
-    if any(t is None for _, t in props) or any(t is None for e in before for _, t in e[2]):
-        return _open3d_checked(path, count)  # list properties: variable-size rows numpy cannot address
-    names = [n for n, _ in props]
+    names = [n for n, t in props if isinstance(t, str)]
     if fmt == "ascii":
-        return _ply_ascii(path, data[start:], sum(e[1] for e in before), count, names)
+        return _ply_ascii(path, data[start:], sum(e[1] for e in before), count, props)
     order = "<" if fmt == "binary_little_endian" else ">"
-    offset = start + sum(e[1] * np.dtype([(n, order + t) for n, t in e[2]]).itemsize for e in before)
+    offset = start
+    for _, n_rows, element_props in before:
+        offset = _skip_binary(path, data, offset, n_rows, element_props, order)
+    if any(not isinstance(t, str) for _, t in props):
+        # a list inside the vertex element: variable-size rows, walked one by one (rare in point files)
+        table, _ = _walk_binary(path, data, offset, count, props, order)
+        return _columns(path, names, lambda n: table[:, names.index(n)])
     dtype = np.dtype([(n, order + t) for n, t in props])
     need = offset + count * dtype.itemsize
     if len(data) < need:
@@ -99,18 +104,78 @@ def read_ply(path: Path) -> np.ndarray:
     return _columns(path, names, lambda n: rows[n])
 
 
-def _ply_ascii(path: Path, body: bytes, skip: int, count: int, names: list[str]) -> np.ndarray:
-    lines = body.decode("ascii", errors="replace").splitlines()
-    rows = [line for line in lines[skip:skip + count] if line.strip()]
+def _truncated_ply(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path}: truncated PLY: the file ends inside {what} the header declares")
+
+
+def _skip_binary(path: Path, data: bytes, offset: int, n_rows: int, props, order: str) -> int:
+    """Offset just past `n_rows` binary rows of an element that precedes the vertices (e.g. faces)."""
+    if all(isinstance(t, str) for _, t in props):
+        offset += n_rows * np.dtype([(n, order + t) for n, t in props]).itemsize
+        if offset > len(data):
+            raise _truncated_ply(path, "an element before the vertices")
+        return offset
+    return _walk_binary(path, data, offset, n_rows, props, order, keep=False)[1]
+
+
+def _walk_binary(path: Path, data: bytes, offset: int, n_rows: int, props, order: str, keep: bool = True):
+    """Walk rows with list properties: (the scalar properties of every row as a float64 table, or None;
+    the offset just past the last row)."""
+    import struct
+
+    codes = {"i1": "b", "u1": "B", "i2": "h", "u2": "H", "i4": "i", "u4": "I", "f4": "f", "f8": "d"}
+    prefix = order
+    table = np.empty((n_rows if keep else 0, sum(isinstance(t, str) for _, t in props)))
+    pos = offset
+    try:
+        for r in range(n_rows):
+            col = 0
+            for _, t in props:
+                if isinstance(t, str):
+                    value = struct.unpack_from(prefix + codes[t], data, pos)[0]
+                    pos += struct.calcsize(codes[t])
+                    if keep:
+                        table[r, col] = value
+                    col += 1
+                else:
+                    n = struct.unpack_from(prefix + codes[t[0]], data, pos)[0]
+                    pos += struct.calcsize(codes[t[0]]) + n * struct.calcsize(codes[t[1]])
+                    if pos > len(data):
+                        raise struct.error("list past the end")
+    except struct.error as err:
+        raise _truncated_ply(path, f"row {r} of {n_rows} of an element") from err
+    return (table if keep else None), pos
+
+
+def _ply_ascii(path: Path, body: bytes, skip: int, count: int, props) -> np.ndarray:
+    lines = [line for line in body.decode("ascii", errors="replace").splitlines() if line.strip()]
+    rows = lines[skip:skip + count]
     if len(rows) < count:
         raise ValueError(f"{path}: truncated PLY: the header declares {count} vertices but only {len(rows)} rows follow")
+    names = [n for n, t in props if isinstance(t, str)]
     try:
-        table = np.array([row.split()[:len(names)] for row in rows], dtype=np.float64)
-    except ValueError as err:
-        raise ValueError(f"{path}: a PLY vertex row is not {len(names)} numbers ({err})") from err
+        if all(isinstance(t, str) for _, t in props):
+            table = np.array([row.split()[:len(names)] for row in rows], dtype=np.float64)
+        else:  # lists inside the vertex rows: walk the tokens
+            table = np.array([_ascii_scalars(row.split(), props) for row in rows], dtype=np.float64)
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{path}: a PLY vertex row does not hold the {len(props)} properties of the header ({err})") from err
     if table.ndim != 2 or table.shape[1] != len(names):
         raise ValueError(f"{path}: PLY vertex rows should have {len(names)} values")
     return _columns(path, names, lambda n: table[:, names.index(n)])
+
+
+def _ascii_scalars(tokens: list[str], props) -> list[str]:
+    out, k = [], 0
+    for _, t in props:
+        if isinstance(t, str):
+            out.append(tokens[k])
+            k += 1
+        else:
+            k += 1 + int(tokens[k])
+    if k > len(tokens):
+        raise IndexError("row shorter than its list lengths")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ PCD

@@ -201,3 +201,25 @@ def test_every_shared_scan_reads_with_its_documented_dim(shared_data):
         assert read_points(shared_data / rel, dim=dim).shape == (n, dim), rel
         if dim == 4:
             assert read_points(shared_data / rel).shape == (n, 4)  # default dim
+
+
+@pytest.mark.parametrize("fmt", ["binary_little_endian", "ascii"])
+def test_ply_with_faces_before_the_vertices(tmp_path, fmt):
+    """Open3D returns the declared rows with garbage when such a file is cut; the walk over the list
+    properties finds where the vertices start and that they end early."""
+    head = (f"ply\nformat {fmt} 1.0\nelement face 2\nproperty list uchar int vertex_indices\nproperty uchar flag\n"
+            f"element vertex 300\nproperty float x\nproperty float y\nproperty float z\nproperty float intensity\n"
+            f"end_header\n").encode()
+    if fmt == "ascii":
+        body = b"3 0 1 2 7\n4 0 1 2 3 9\n" + "".join(" ".join(f"{v:.6f}" for v in r) + "\n" for r in PTS).encode()
+    else:
+        face = lambda idx, flag: bytes([len(idx)]) + np.array(idx, "<i4").tobytes() + bytes([flag])  # noqa: E731
+        body = face([0, 1, 2], 7) + face([0, 1, 2, 3], 9) + PTS.astype("<f4").tobytes()
+    (tmp_path / "mesh.ply").write_bytes(head + body)
+    np.testing.assert_allclose(read_points(tmp_path / "mesh.ply"), PTS, atol=1e-5)
+    (tmp_path / "mesh.ply").write_bytes(head + body[:-len(body) // 3])
+    with pytest.raises(ValueError, match=r"mesh\.ply: truncated PLY"):
+        read_points(tmp_path / "mesh.ply")
+    (tmp_path / "mesh.ply").write_bytes(head + body[:12])  # cut inside the faces
+    with pytest.raises(ValueError, match=r"mesh\.ply: truncated PLY"):
+        read_points(tmp_path / "mesh.ply")
