@@ -472,6 +472,8 @@ def nms_rotated(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float, pre_m
                 post_max_size: int | None = None, backend: str = "auto") -> ArrayLike:
     """Greedy non-maximum suppression with rotated BEV IoU (the rule of OpenPCDet's `nms_gpu`).
 
+    `iou_threshold` must be a finite number in [0, 1] (ValueError otherwise).
+
     Boxes are visited by descending score (ties: lower index first); a box is dropped when its BEV IoU
     with an already kept box is strictly greater than `iou_threshold`.
 
@@ -485,6 +487,9 @@ def nms_rotated(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float, pre_m
     _check_boxes(boxes, "boxes")
     _check_scores(scores, boxes.shape[0])
     threshold = _check_scalar(iou_threshold, "iou_threshold")
+    if not 0.0 <= threshold <= 1.0:
+        # an IoU is in [0, 1]: below 0 every overlapping pair would suppress, above 1 nothing would
+        raise ValueError(f"iou_threshold must be in [0, 1], got {threshold}")
     pre = _check_size_limit(pre_max_size, "pre_max_size")
     post = _check_size_limit(post_max_size, "post_max_size")
     backend = _resolve_backend(backend, boxes, scores)

@@ -174,6 +174,27 @@ class Boxes3D:
                    torch.tensor(scores, dtype=torch.float32) if has_scores else None)
 
 
+def check_ground_truth(boxes, frame: str):
+    """Refuse ground truth that would silently skew a metric: a box with a non-finite value, or a size
+    (dx, dy, dz) that is not > 0. The rule is *reject*, never drop (docs/conventions.md, "Ground truth"):
+    the error names the frame and the box index. `boxes`: a `Boxes3D` or an (M, 7+) array / tensor (a
+    dataset's raw rows, so that the index is the file's). Returns `boxes` unchanged."""
+    if boxes is None or len(boxes) == 0:
+        return boxes
+    arr = boxes.boxes if isinstance(boxes, Boxes3D) else _as_tensor(boxes, torch.float64, "ground truth boxes")
+    arr = arr.detach().cpu().double().reshape(len(arr), -1)
+    finite = torch.isfinite(arr).all(dim=1)
+    sized = (arr[:, 3:6] > 0).all(dim=1)
+    bad = torch.nonzero(~(finite & sized)).flatten().tolist()
+    if bad:
+        i = bad[0]
+        what = "a NaN or inf value" if not bool(finite[i]) else "a size (dx, dy, dz) that is not > 0"
+        more = f" ({len(bad) - 1} more bad box(es) in this frame)" if len(bad) > 1 else ""
+        raise ValueError(f"ground truth of frame {frame}: box {i} {[round(v, 4) for v in arr[i, :7].tolist()]} "
+                         f"has {what}{more}; fix or remove it in the dataset")
+    return boxes
+
+
 @dataclass
 class SparseVoxels:
     """Non-empty voxels of a batch.

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def format_metrics(metrics: dict) -> str:
     rows = {}
     for key, value in metrics.items():
-        if "/" not in key:
+        if "/" not in key or key.startswith("kitti/"):  # KITTI AP has its own table
             continue
         name, kind = key.rsplit("/", 1)
         rows.setdefault(name, {})[kind] = value
@@ -59,7 +59,7 @@ def _main(argv=None) -> int:
     from pc3d.config import load_config
     from pc3d.data.build import build_dataset
     from pc3d.engine.distributed import cleanup, init_distributed
-    from pc3d.engine.evaluate import config_metrics, predict_dataset
+    from pc3d.engine.evaluate import config_metrics, kitti_dataset_metrics, predict_dataset
     from pc3d.models.build import build_model, load_weights
 
     cfg = load_config(args.config, args.overrides)
@@ -78,6 +78,8 @@ def _main(argv=None) -> int:
             return 0
         predictions, ground_truths, seconds = result
         metrics = config_metrics(cfg, predictions, ground_truths)
+        if cfg["dataset"]["type"] == "kitti":  # the benchmark's own AP next to the Waymo-style one
+            metrics.update(kitti_dataset_metrics(dataset, predictions))
         metrics["frames"] = len(predictions)
         metrics["seconds_per_frame"] = seconds
         out_dir = args.out_dir or default_out_dir(args.config, split)
@@ -93,6 +95,9 @@ def _main(argv=None) -> int:
             print(json.dumps(metrics))
         else:
             print(format_metrics(metrics))
+            if any(k.startswith("kitti/") for k in metrics):
+                from pc3d.evaluation.kitti_metric import format_kitti_metrics
+                print(format_kitti_metrics(metrics))
             print(f"{len(predictions)} frames, {seconds * 1e3:.1f} ms/frame; metrics and renders: {out_dir}")
     finally:
         cleanup(dist_info)

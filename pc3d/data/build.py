@@ -6,7 +6,7 @@ from pathlib import Path
 from pc3d.config import ConfigError, require_keys
 
 DATASET_KEYS = ("type", "root", "class_names", "point_features", "point_range", "train_split", "val_split",
-                "max_frames", "sweeps", "intensity_max")
+                "max_frames", "sweeps", "intensity_max", "class_map")
 
 
 def build_dataset(cfg: dict, split: str, transform=None, root: str | None = None):
@@ -20,11 +20,16 @@ def build_dataset(cfg: dict, split: str, transform=None, root: str | None = None
     kind = cfg["type"]
     if kind in ("synthetic", "waymo", "info"):
         from pc3d.data.info_dataset import InfoDataset
-        return InfoDataset(root, split, cfg["class_names"], cfg["point_features"], transform, cfg.get("max_frames"))
+        return InfoDataset(root, split, cfg["class_names"], cfg["point_features"], transform, cfg.get("max_frames"),
+                           class_map=cfg.get("class_map"))
     if kind == "kitti":
         from pc3d.data.kitti import KittiDataset
-        return KittiDataset(root, split, cfg["class_names"], cfg["point_features"], transform)
+        return KittiDataset(root, split, cfg["class_names"], cfg["point_features"], transform,
+                            class_map=cfg.get("class_map"))
     if kind == "nuscenes":
+        if cfg.get("class_map"):
+            raise ConfigError("dataset.class_map is not supported for nuscenes (its devkit maps categories to the "
+                              "detection classes); leave it empty")
         from pc3d.data.nuscenes import NuScenesDataset
         return NuScenesDataset(root, split, cfg["class_names"], cfg["point_features"], transform,
                                sweeps=cfg.get("sweeps", 10))

@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pc3d.structures import Boxes3D, Frame, PointCloud
+from pc3d.data.class_map import resolve_class_map
+from pc3d.structures import Boxes3D, Frame, PointCloud, check_ground_truth
 
 
 def read_infos(path) -> dict:
@@ -44,7 +45,8 @@ class InfoDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split: str, class_names: Sequence[str], point_features: Sequence[str],
-                 transform: Callable[[Frame], Frame] | None = None, max_frames: int | None = None):
+                 transform: Callable[[Frame], Frame] | None = None, max_frames: int | None = None,
+                 class_map: dict | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root does not exist: {self.root}")
@@ -52,6 +54,9 @@ class InfoDataset(torch.utils.data.Dataset):
         infos = read_infos(self.info_path)
         self.split = split
         self.class_names = tuple(class_names)
+        # file class name -> config class name; a config class no file class maps to is an error
+        self.file_to_class = resolve_class_map(self.class_names, class_map, tuple(infos["class_names"]),
+                                               f"{self.info_path}")
         self.file_features = tuple(infos["point_features"])
         self.point_features = tuple(point_features)
         missing = [f for f in self.point_features if f not in self.file_features]
@@ -77,11 +82,13 @@ class InfoDataset(torch.utils.data.Dataset):
     def boxes_of(self, index: int) -> Boxes3D:
         """Ground truth of frame `index` restricted to this dataset's classes (no point loading)."""
         info = self.frames[index]
-        keep = [i for i, name in enumerate(info["labels"]) if name in self.class_names]
+        # reject (never drop) a NaN / non-positive-size box, indexed as in the file: docs/conventions.md
+        check_ground_truth(np.asarray(info["boxes"], dtype=np.float64), f"{info['frame_id']!r} of {self.info_path}")
+        keep = [i for i, name in enumerate(info["labels"]) if name in self.file_to_class]
         if not keep:
             return Boxes3D.empty(self.class_names)
         boxes = np.asarray(info["boxes"], dtype=np.float32)[keep]
-        labels = [self.class_names.index(info["labels"][i]) for i in keep]
+        labels = [self.class_names.index(self.file_to_class[info["labels"][i]]) for i in keep]
         difficulty = [info["difficulty"][i] for i in keep] if "difficulty" in info else None
         num_points = [info["num_points"][i] for i in keep] if "num_points" in info else None
         return Boxes3D(boxes, labels, self.class_names, None, difficulty, num_points)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pc3d.structures import Boxes3D, Frame, PointCloud
+from pc3d.structures import Boxes3D, Frame, PointCloud, check_ground_truth
 
 NUSCENES_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                     "pedestrian", "traffic_cone")
@@ -114,6 +114,8 @@ def load_boxes(nusc, sample_token: str, class_names: Sequence[str]) -> Boxes3D:
     if not boxes:
         return Boxes3D.empty(class_names, with_velocity=True)
     num_points = np.asarray(num_points)
+    # reject (never drop) a NaN / non-positive-size box: docs/conventions.md "Ground truth"
+    check_ground_truth(np.asarray(boxes, np.float64), f"sample {sample_token}")
     return Boxes3D(np.asarray(boxes, np.float32), labels, tuple(class_names), None,
                    np.where(num_points <= 5, 2, 1), num_points)
 

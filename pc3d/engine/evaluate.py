@@ -91,3 +91,19 @@ def config_metrics(cfg: dict, predictions: list[Boxes3D], ground_truths: list[Bo
     require_keys(eval_cfg, ("filter_to_point_range",), "eval")
     point_range = cfg["dataset"].get("point_range") if eval_cfg.get("filter_to_point_range") else None
     return detection_metrics(predictions, ground_truths, cfg["dataset"]["class_names"], point_range)
+
+
+def kitti_dataset_metrics(dataset, predictions: list[Boxes3D]) -> dict:
+    """The KITTI benchmark's 3D / BEV AP (R40, R11; easy / moderate / hard) of `predictions` on a
+    `KittiDataset`, frames in dataset order: label_2 ground truth as read by the devkit, predictions
+    converted to camera boxes and projected to the image (see `KittiDataset.kitti_detections`)."""
+    from pc3d.evaluation.kitti_metric import kitti_metrics
+
+    if len(predictions) != len(dataset):
+        raise ValueError(f"KITTI metric: {len(predictions)} predictions for {len(dataset)} frames")
+    classes = dataset.kitti_eval_classes
+    if not classes:
+        return {}
+    ground_truths = [dataset.kitti_ground_truth(i) for i in range(len(dataset))]
+    detections = [dataset.kitti_detections(i, p) for i, p in enumerate(predictions)]
+    return kitti_metrics(ground_truths, detections, classes)

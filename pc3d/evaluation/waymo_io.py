@@ -22,13 +22,18 @@ LEVEL_2_MAX_POINTS = 5
 FrameKey = tuple[str, int]
 
 
-def read_objects(path, drop_empty_ground_truth: bool = False) -> dict[FrameKey, Boxes3D]:
+def read_objects(path, drop_empty_ground_truth: bool = False, require_objects: bool = False,
+                 seen_frames: set | None = None) -> dict[FrameKey, Boxes3D]:
     """Objects file -> `{(context_name, timestamp): Boxes3D}` with class_names `OBJECT_CLASS_NAMES`.
 
     Every frame gets scores (the `score` field), `num_points` and `difficulty`: the stored
     `detection_difficulty_level`, or when it is UNKNOWN, LEVEL_2 iff `num_lidar_points_in_box <= 5`
     (what the official `compute_detection_metrics_main` does). With `drop_empty_ground_truth`, objects
     with no lidar point are dropped (also as the official tool does for ground truth).
+
+    With `require_objects`, a file that holds no object of a Waymo type is an error: an empty file, or
+    another proto (a bare `Label` or `Box` parses as an `Objects` with no usable object). `seen_frames`,
+    when given, receives the key of every frame in the file, dropped objects' frames included.
     """
     from google.protobuf.message import DecodeError
     from waymo_open_dataset.protos import metrics_pb2
@@ -36,17 +41,24 @@ def read_objects(path, drop_empty_ground_truth: bool = False) -> dict[FrameKey, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Objects file not found: {path}")
+    data = path.read_bytes()
+    if require_objects and not data:
+        raise ValueError(f"{path}: is empty (0 bytes), not a metrics_pb2.Objects file with objects")
     objects = metrics_pb2.Objects()
     try:
-        objects.ParseFromString(path.read_bytes())
+        objects.ParseFromString(data)
     except DecodeError as err:
         raise ValueError(f"{path}: not a waymo metrics_pb2.Objects proto ({err})") from err
     rows: dict[FrameKey, list] = {}
+    usable = 0
     for index, obj in enumerate(objects.objects):
         label = obj.object
         name = _TYPE_TO_NAME.get(int(label.type))
         if name is None:
             continue
+        usable += 1
+        if seen_frames is not None:
+            seen_frames.add((obj.context_name, int(obj.frame_timestamp_micros)))
         points = int(label.num_lidar_points_in_box)
         if drop_empty_ground_truth and points <= 0:
             continue
@@ -59,6 +71,10 @@ def read_objects(path, drop_empty_ground_truth: bool = False) -> dict[FrameKey, 
             level = 2 if points <= LEVEL_2_MAX_POINTS else 1
         key = (obj.context_name, int(obj.frame_timestamp_micros))
         rows.setdefault(key, []).append((box, OBJECT_CLASS_NAMES.index(name), float(obj.score), level, points))
+    if require_objects and not usable:
+        raise ValueError(
+            f"{path}: holds no object of a Waymo type ({len(objects.objects)} Object entries, {len(data)} bytes); "
+            "expected a metrics_pb2.Objects file (a bare Label or Box proto, or an empty submission, reads as none)")
     out = {}
     for key, items in rows.items():
         boxes, labels, scores, levels, points = zip(*items)

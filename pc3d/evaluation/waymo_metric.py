@@ -33,7 +33,7 @@ import numba
 import numpy as np
 import torch
 
-from pc3d.structures import Boxes3D
+from pc3d.structures import Boxes3D, check_ground_truth
 
 WAYMO_TYPES = ("VEHICLE", "PEDESTRIAN", "SIGN", "CYCLIST")       # official breakdown order
 DEFAULT_IOU_THRESHOLDS = {"VEHICLE": 0.7, "PEDESTRIAN": 0.5, "SIGN": 0.5, "CYCLIST": 0.5}
@@ -414,8 +414,12 @@ class WaymoDetectionMetric:
 def waymo_metrics(predictions: Sequence[Boxes3D], ground_truths: Sequence[Boxes3D],
                   class_names: Sequence[str] = ("Vehicle", "Pedestrian", "Cyclist"), *,
                   iou_thresholds: dict | None = None, score_cutoffs: Sequence[float] | None = None,
-                  desired_recall_delta: float = 0.05, iou_fn: Callable | None = None) -> dict:
+                  desired_recall_delta: float = 0.05, iou_fn: Callable | None = None,
+                  frame_names: Sequence[str] | None = None) -> dict:
     """Waymo AP / APH per class and difficulty level over a list of frames.
+
+    A ground-truth box with a NaN / inf value or a size that is not > 0 is an error naming the frame
+    (`frame_names[k]`, else its index) and the box (`pc3d.structures.check_ground_truth`).
 
     Args:
         predictions: one `Boxes3D` per frame, with `scores`; labels name classes through its `class_names`.
@@ -431,8 +435,12 @@ def waymo_metrics(predictions: Sequence[Boxes3D], ground_truths: Sequence[Boxes3
     """
     if len(predictions) != len(ground_truths):
         raise ValueError(f"predictions has {len(predictions)} frames but ground_truths has {len(ground_truths)}")
+    if frame_names is not None and len(frame_names) != len(ground_truths):
+        raise ValueError(f"frame_names has {len(frame_names)} entries for {len(ground_truths)} frames")
     metric = WaymoDetectionMetric(class_names, iou_thresholds, score_cutoffs, desired_recall_delta, iou_fn)
-    for pred, gt in zip(predictions, ground_truths):
+    for k, (pred, gt) in enumerate(zip(predictions, ground_truths)):
+        if isinstance(gt, Boxes3D):
+            check_ground_truth(gt, repr(frame_names[k]) if frame_names is not None else f"#{k}")
         metric.update(pred, gt)
     return metric.compute()
 
@@ -443,13 +451,25 @@ def evaluate_objects_files(prediction_path, ground_truth_path,
 
     Ground-truth objects without lidar points are dropped and UNKNOWN difficulty is decided by the
     point count, as `compute_detection_metrics_main`; frames are the union of both files' frames.
+    Refused (ValueError naming the file and the reason): a file with no object of a Waymo type (empty,
+    or another proto), and predictions none of whose frames is a ground-truth frame.
     """
     from pc3d.evaluation.waymo_io import paired_frames, read_objects
 
-    predictions = read_objects(prediction_path)
-    ground_truths = read_objects(ground_truth_path, drop_empty_ground_truth=True)
-    _, preds, gts = paired_frames(predictions, ground_truths)
-    return waymo_metrics(preds, gts, class_names, iou_fn=iou_fn)
+    pred_frames: set = set()
+    gt_frames: set = set()
+    predictions = read_objects(prediction_path, require_objects=True, seen_frames=pred_frames)
+    ground_truths = read_objects(ground_truth_path, drop_empty_ground_truth=True, require_objects=True,
+                                 seen_frames=gt_frames)
+    if not pred_frames & gt_frames:
+        # AP 0 from a submission that names other frames (wrong context name, wrong file) looks like a
+        # real score; refuse it
+        p, g = sorted(pred_frames)[0], sorted(gt_frames)[0]
+        raise ValueError(
+            f"{prediction_path}: none of its {len(pred_frames)} frames (context_name, frame_timestamp_micros) is a "
+            f"frame of the ground truth {ground_truth_path} ({len(gt_frames)} frames); e.g. {p} vs {g}")
+    keys, preds, gts = paired_frames(predictions, ground_truths)
+    return waymo_metrics(preds, gts, class_names, iou_fn=iou_fn, frame_names=[f"{c}/{t}" for c, t in keys])
 
 
 def format_metrics(metrics: dict) -> str:

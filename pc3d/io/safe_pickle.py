@@ -3,9 +3,17 @@
 Pickle runs code on load: a file from the internet may import anything. Only the globals that plain
 numpy arrays and scalars need are allowed; anything else is refused with an error naming the file
 and the global it asked for.
+
+Protocols 0-2 (and Python 2 pickles) name builtins `__builtin__.*` and copyreg `copy_reg.*`; those
+names are translated to their Python 3 modules (as `pickle` itself does) before the allow-list check,
+so that e.g. a protocol-2 pickle of an empty numpy array (`__builtin__.bytes`) loads. The extra
+allowed callables are constructors of plain values (`bytes`, `str`, `int`, `float`, `bool`, `object`)
+and `copyreg._reconstructor`, which only instantiates classes that themselves passed this check.
+Never allowed: anything that runs, imports or looks up code (`os.*`, `eval`, `getattr`, `__import__`, ...).
 """
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 from pathlib import Path
@@ -18,6 +26,9 @@ _ALLOWED = {
     ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "set"),
     ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"), ("builtins", "bytearray"),
     ("collections", "OrderedDict"),
+    # plain-value constructors and the protocol-0/1/2 object rebuild helper (see the module docstring)
+    ("builtins", "bytes"), ("builtins", "str"), ("builtins", "int"), ("builtins", "float"), ("builtins", "bool"),
+    ("builtins", "object"), ("copyreg", "_reconstructor"),
 }
 
 
@@ -34,6 +45,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module, name):
+        # Python 2 / protocol < 3 names -> Python 3 names, as pickle's own fix_imports does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED or (module.startswith("numpy") and name.startswith("dtype")):
             return super().find_class(module, name)
         raise UnsafePickleError(

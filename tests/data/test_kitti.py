@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,3 +61,89 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "label.txt").write_text("Car 0 0\n")
     with pytest.raises(ValueError, match=r"label.txt:1"):
         read_labels(tmp_path / "label.txt")
+
+
+# -- class map, ground-truth rule, KITTI metric wiring ---------------------------------------------------
+def _kitti_cfg(root, **extra):
+    return {"type": "kitti", "root": str(root), "class_names": ["Vehicle", "Pedestrian", "Cyclist"],
+            "point_features": ["x", "y", "z", "intensity"], **extra}
+
+
+def test_config_class_that_matches_no_kitti_type_is_an_error(shared_data):
+    """Waymo-style class names on KITTI dropped every Car and scored 0 silently; now it is an error naming
+    the class and the fix, and `dataset.class_map` makes Car boxes Vehicle boxes."""
+    from pc3d.config import ConfigError
+    from pc3d.data.build import build_dataset
+
+    root = shared_data / "kitti/object"
+    with pytest.raises(ConfigError, match=r"\['Vehicle'\] match no KITTI object type.*class_map"):
+        build_dataset(_kitti_cfg(root), "train")
+    with pytest.raises(ConfigError, match="not KITTI object types"):
+        build_dataset(_kitti_cfg(root, class_map={"Automobile": "Vehicle"}), "train")
+    with pytest.raises(ConfigError, match="not in dataset.class_names"):
+        build_dataset(_kitti_cfg(root, class_map={"Car": "Auto"}), "train")
+    ds = build_dataset(_kitti_cfg(root, class_map={"Car": "Vehicle", "Van": "Vehicle"}), "train")
+    assert ds.boxes_of(1).names == ["Vehicle", "Cyclist"]  # 000001: Truck (not mapped), Car, Cyclist
+    assert ds.kitti_eval_classes == ("Car", "Pedestrian", "Cyclist", "Van")
+
+
+def test_label_with_nan_or_non_positive_size_is_rejected_naming_file_and_line(tmp_path):
+    good = "Car 0.00 0 1.85 387.63 181.54 423.81 203.12 1.67 1.87 3.69 -16.53 2.39 58.49 1.57\n"
+    dontcare = "DontCare -1 -1 -10 503.89 169.71 590.61 190.13 -1 -1 -1 -1000 -1000 -1000 -10\n"
+    assert len(read_labels(_write(tmp_path / "ok.txt", good + dontcare))) == 2  # DontCare placeholders are fine
+    for bad, what in (("Car 0.00 0 1.85 387.63 181.54 423.81 203.12 1.67 1.87 -3.69 -16.53 2.39 58.49 1.57", "not > 0"),
+                      ("Car 0.00 0 1.85 387.63 181.54 423.81 203.12 1.67 0 3.69 -16.53 2.39 58.49 1.57", "not > 0"),
+                      ("Car 0.00 0 1.85 387.63 181.54 423.81 203.12 1.67 1.87 3.69 nan 2.39 58.49 1.57", "NaN")):
+        with pytest.raises(ValueError, match=rf"bad.txt \(line 2\): box 0 .*{what}"):
+            read_labels(_write(tmp_path / "bad.txt", good + bad + "\n"))
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_kitti_metric_of_ground_truth_as_predictions(shared_data, tmp_path):
+    """Through the dataset: Velodyne boxes -> camera boxes -> image boxes (P2) -> devkit AP. The 000000
+    Pedestrian (easy) repeated 41 times (the 41 recall samples need >= 41 ground truths to reach 100)."""
+    import torch
+
+    from pc3d.engine.evaluate import kitti_dataset_metrics
+    from pc3d.structures import Boxes3D
+
+    (tmp_path / "ImageSets").mkdir()
+    (tmp_path / "ImageSets/val.txt").write_text("000000\n" * 41)
+    (tmp_path / "training").symlink_to(shared_data / "kitti/object/training")
+    ds = KittiDataset(tmp_path, "val")
+    gt = ds.boxes_of(0)
+    exact = [Boxes3D(gt.boxes, gt.labels, gt.class_names, torch.full((len(gt),), 0.9))] * 41
+    m = kitti_dataset_metrics(ds, exact)
+    assert m["kitti/Pedestrian/3d_R40/easy"] == pytest.approx(100.0, abs=1e-4)
+    assert m["kitti/Pedestrian/bev_R11/moderate"] == pytest.approx(100.0, abs=1e-4)
+    moved = gt.boxes.clone()
+    moved[:, 0] += 0.5  # 0.5 m along x: a 1.2 m long pedestrian box overlaps < 0.5
+    off = [Boxes3D(moved, gt.labels, gt.class_names, torch.full((len(gt),), 0.9))] * 41
+    assert kitti_dataset_metrics(ds, off)["kitti/Pedestrian/3d_R40/easy"] == 0.0
+    behind = gt.boxes.clone()
+    behind[:, 0] = -10.0  # behind the camera: outside the labelled field of view, left out (not a FP)
+    both = [Boxes3D(torch.cat([gt.boxes, behind]), torch.cat([gt.labels, gt.labels]), gt.class_names,
+                    torch.tensor([0.5, 0.9]))] * 41
+    assert kitti_dataset_metrics(ds, both)["kitti/Pedestrian/3d_R40/easy"] == pytest.approx(100.0, abs=1e-4)
+
+
+def test_test_tool_on_kitti_prints_the_kitti_metric(shared_data, tmp_path, capsys):
+    """`tools/test.py ... --set dataset.type=kitti` with a class map: the KITTI AP keys are in --json."""
+    import json
+
+    from pc3d.cli.test import main
+
+    repo = Path(__file__).resolve().parents[2]
+    rc = main([str(repo / "configs/synthetic/flatformer_synthetic_tiny.yaml"),
+               str(repo / "checkpoints/flatformer_synthetic_tiny.pth"), "--set", "dataset.type=kitti",
+               "--set", "dataset.class_map={Car: Vehicle}", "--data-root", str(shared_data / "kitti/object"),
+               "--split", "train", "--out-dir", str(tmp_path), "--json"])
+    assert rc == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    keys = [k for k in metrics if k.startswith("kitti/")]
+    assert len(keys) == 36 and "kitti/Car/3d_R40/moderate" in keys
+    assert all(0.0 <= metrics[k] <= 100.0 for k in keys)

@@ -33,8 +33,10 @@ def write_toy_dataset(root: Path, frames: int = 6):
     for i in range(frames):
         np.save(root / "points" / f"{i:03d}.npy", rng.normal(size=(50, 4)).astype(np.float32))
         n = int(rng.integers(0, 3))
+        boxes = rng.normal(size=(n, 7))
+        boxes[:, 3:6] = np.abs(boxes[:, 3:6]) + 0.1  # valid sizes: ground truth with size <= 0 is refused
         infos.append({"frame_id": f"{i:03d}", "points": f"points/{i:03d}.npy",
-                      "boxes": rng.normal(size=(n, 7)).tolist(), "labels": ["Vehicle"] * n})
+                      "boxes": boxes.tolist(), "labels": ["Vehicle"] * n})
     (root / "train_infos.json").write_text(json.dumps({"class_names": ["Vehicle"], "point_features": ["x", "y", "z", "intensity"],
                                                        "frames": infos}))
 

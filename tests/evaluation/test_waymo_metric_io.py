@@ -106,3 +106,63 @@ def test_eval_tool_cli(shared_data, tmp_path, capsys):
     assert text.count("\n") == 8 and "OBJECT_TYPE_TYPE_SIGN_LEVEL_2: [mAP 0]" in text
     assert tool.main([str(tmp_path / "none.bin"), str(gt_path)]) == 2
     assert "none.bin" in capsys.readouterr().err
+
+
+def _run_tool(argv):
+    spec = importlib.util.spec_from_file_location("eval_waymo_tool", REPO / "tools/eval_waymo.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.main(argv)
+
+
+def test_eval_tool_refuses_submissions_that_cannot_be_scored(tmp_path, capsys):
+    """Each of these scored AP 0 with rc 0 before: an empty file, a bare Label / Box proto, and a file
+    whose frames (context name + timestamp) are none of the ground truth's. Now rc 2 and the reason."""
+    from waymo_open_dataset.protos import metrics_pb2  # noqa: F401  (also pulls label_pb2)
+    from waymo_open_dataset import label_pb2
+
+    gt = tmp_path / "gt.bin"
+    write_objects(gt, [("ctx_gt", 100, _boxes(4, 0, scores=False))])
+    (tmp_path / "empty.bin").write_bytes(b"")
+    label = label_pb2.Label()
+    label.box.center_x, label.box.length, label.box.width, label.box.height = 3.0, 4.0, 2.0, 1.5
+    label.type = label_pb2.Label.TYPE_VEHICLE
+    (tmp_path / "label.bin").write_bytes(label.SerializeToString())
+    (tmp_path / "box.bin").write_bytes(label.box.SerializeToString())
+    write_objects(tmp_path / "other_ctx.bin", [("ctx_other", 100, _boxes(4, 0))])
+    write_objects(tmp_path / "other_time.bin", [("ctx_gt", 101, _boxes(4, 0))])
+    cases = {"empty.bin": "is empty", "label.bin": "no object of a Waymo type", "box.bin": "no object of a Waymo type",
+             "other_ctx.bin": "none of its 1 frames", "other_time.bin": "none of its 1 frames"}
+    for name, reason in cases.items():
+        assert _run_tool([str(tmp_path / name), str(gt)]) == 2, name
+        err = capsys.readouterr().err
+        assert name in err and reason in err, (name, err)
+    assert _run_tool([str(gt), str(tmp_path / "empty.bin")]) == 2  # an empty ground truth too
+    assert "empty.bin" in capsys.readouterr().err
+    # a submission sharing one frame with the ground truth is scored
+    write_objects(tmp_path / "ok.bin", [("ctx_gt", 100, _boxes(4, 0)), ("ctx_other", 5, _boxes(2, 1))])
+    assert _run_tool([str(tmp_path / "ok.bin"), str(gt), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["OBJECT_TYPE_TYPE_VEHICLE_LEVEL_1/AP"] >= 0.0
+
+
+def test_ground_truth_with_nan_centre_or_bad_size_is_rejected_naming_frame_and_box(tmp_path, capsys):
+    """The documented rule (docs/conventions.md): reject, never drop. NaN centre, negative and zero size."""
+    from pc3d.evaluation.waymo_metric import waymo_metrics
+
+    good = _boxes(3, 0, scores=False)
+    for bad_value, column, what in ((float("nan"), 0, "NaN"), (-1.0, 3, "not > 0"), (0.0, 5, "not > 0")):
+        boxes = good.boxes.clone()
+        boxes[1, column] = bad_value
+        bad = Boxes3D(boxes, good.labels, good.class_names, None, good.difficulty, good.num_points)
+        with pytest.raises(ValueError, match=rf"frame 'ctx/7': box 1 .*{what}"):
+            waymo_metrics([_boxes(3, 1), _boxes(3, 2)], [good, bad], frame_names=["ctx/6", "ctx/7"])
+        with pytest.raises(ValueError, match=rf"frame #1: box 1 .*{what}"):
+            waymo_metrics([_boxes(3, 1), _boxes(3, 2)], [good, bad])
+    # through the files and the tool: negative length in the ground-truth file -> rc 2, frame and box named
+    boxes = good.boxes.clone()
+    boxes[2, 3] = -4.0
+    write_objects(tmp_path / "gt.bin", [("ctx", 9, Boxes3D(boxes, good.labels, good.class_names, None,
+                                                            good.difficulty, good.num_points))])
+    write_objects(tmp_path / "pred.bin", [("ctx", 9, _boxes(3, 1))])
+    assert _run_tool([str(tmp_path / "pred.bin"), str(tmp_path / "gt.bin")]) == 2
+    assert "frame 'ctx/9': box 2" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """CenterPoint decoding: heatmap peaks -> boxes, score threshold, optional IoU rectification, NMS."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,28 @@ class DecodeConfig:
     circle_radius: float = 1.0
     iou_rectifier: tuple[float, ...] | None = None
     post_center_range: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        # a NaN threshold compares False with every score (keeps nothing, silently); an IoU threshold
+        # outside [0, 1] suppresses everything or nothing: refuse them, naming the config key
+        def unit(value, key):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0.0 <= value <= 1.0:
+                raise ValueError(f"head.decode.{key} must be a number in [0, 1], got {value!r}")
+        unit(self.score_threshold, "score_threshold")
+        for value in (self.iou_threshold if isinstance(self.iou_threshold, tuple) else (self.iou_threshold,)):
+            unit(value, "nms.iou_threshold")
+        if not math.isfinite(self.circle_radius) or self.circle_radius < 0:
+            raise ValueError(f"head.decode.nms.radius must be a finite number >= 0, got {self.circle_radius!r}")
+        for key in ("pre_max_size", "post_max_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"head.decode.{key} must be an integer >= 1, got {value!r}")
+        for alpha in self.iou_rectifier or ():
+            unit(alpha, "iou_rectification (alpha)")
+        if self.post_center_range is not None and (len(self.post_center_range) != 6 or not all(
+                math.isfinite(float(v)) for v in self.post_center_range)):
+            raise ValueError(f"head.decode.post_center_range must be 6 finite numbers, got {self.post_center_range!r}")
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> "DecodeConfig":
