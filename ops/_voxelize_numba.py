@@ -281,6 +281,54 @@ def sorted_voxels(point_row, voxel_keys, coords, counts):
     return sorted_coords, sorted_counts
 
 
+@njit(cache=True)
+def sorted_voxels_by_cell_table(keys, grid_x, grid_y, grid_z, batches):
+    """Sorted dynamic voxels through a dense per-cell table: no hash, no sort, for small grids.
+
+    A counting sort over every cell key: count the points of each cell, walk the cells in key order
+    (= (batch, z, y, x), so coordinates come from the loop counters, no division) numbering the occupied
+    ones, then look every point's row up. Memory and time grow with the number of cells, so the caller
+    uses it only when there are few cells per point (pillar grids). Overwrites `keys` IN PLACE with each
+    point's sorted row (-1 if dropped). Returns (coords (V, 4) int32 (batch, z, y, x), counts (V,) int32,
+    num_nonfinite), same as `first_come_voxels` followed by `sorted_voxels`.
+    """
+    n = keys.shape[0]
+    table = np.zeros(batches * grid_x * grid_y * grid_z, np.int32)
+    num_nonfinite = 0
+    for i in range(n):
+        key = keys[i]
+        if key >= 0:
+            table[key] += 1
+        elif key == -2:
+            num_nonfinite += 1
+    num_voxels = 0
+    for cell in range(table.shape[0]):
+        if table[cell] > 0:
+            num_voxels += 1
+    coords = np.empty((num_voxels, 4), np.int32)
+    counts = np.empty(num_voxels, np.int32)
+    row = 0
+    cell = 0
+    for b in range(batches):
+        for z in range(grid_z):
+            for y in range(grid_y):
+                for x in range(grid_x):
+                    count = table[cell]
+                    if count > 0:
+                        coords[row, 0] = b
+                        coords[row, 1] = z
+                        coords[row, 2] = y
+                        coords[row, 3] = x
+                        counts[row] = count
+                        table[cell] = row
+                        row += 1
+                    cell += 1
+    for i in range(n):
+        key = keys[i]
+        keys[i] = table[key] if key >= 0 else -1
+    return coords, counts, num_nonfinite
+
+
 # Voxels sampled by `occupied_fraction`: those whose key hash falls in 1 / 2**_SAMPLE_BITS of the hash space.
 _SAMPLE_BITS = 4
 

@@ -270,11 +270,16 @@ def _trimmed(array: np.ndarray, length: int) -> np.ndarray:
     return array[:length]
 
 
-# Sorted dynamic voxels come from one of two numba algorithms with identical results; the faster one depends
-# on voxels per point (V / N), estimated from a 1/16 sample of the voxels (`occupied_fraction`, ~5% of the
-# time). Dense grids (many voxels of 1-2 points) radix-sort the points' keys; sparse ones (pillars) hash the
-# points to first-come voxels and sort only the V voxel keys. The two cross over at V / N ~ 0.25-0.3 on the
-# KITTI and nuScenes scans (one thread, 11 voxel / pillar sizes each).
+# Sorted dynamic voxels come from one of three numba algorithms with identical results; the fastest one
+# depends on cells per point and voxels per point (V / N). Measured on the KITTI and nuScenes scans (one
+# thread, 11 voxel / pillar sizes each):
+# - few cells per point (pillar grids): a dense per-cell table (counting sort), no hash and no sort; it
+#   won up to ~15 cells per point and lost 2x at 34;
+# - else, many voxels per point (dense 3D grids): a radix sort of the points' keys; the voxels per point
+#   come from a 1/16 sample of the voxels (`occupied_fraction`, ~5% of the time), and the point sort won
+#   above V / N ~ 0.25-0.3;
+# - else: hash the points to first-come voxels and sort only the V voxel keys.
+_CELL_TABLE_MAX_PER_POINT = 12
 _POINT_SORT_MIN_FRACTION = 0.3
 
 
@@ -289,7 +294,11 @@ def _dynamic_numba(points: np.ndarray, grid: VoxelGrid, batch_index: np.ndarray 
     batch = np.zeros(0, np.int64) if batch_index is None else batch_index
     # keys becomes the per-point voxel row in place
     if order == "sorted":
-        packed_bits = (batches * grid.num_cells - 1).bit_length() + max(keys.shape[0] - 1, 1).bit_length()
+        num_keys = batches * grid.num_cells
+        if num_keys <= _CELL_TABLE_MAX_PER_POINT * keys.shape[0]:
+            coords, counts, nonfinite = kernels.sorted_voxels_by_cell_table(keys, *grid.grid_xyz, batches)
+            return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)
+        packed_bits = (num_keys - 1).bit_length() + max(keys.shape[0] - 1, 1).bit_length()
         if packed_bits <= 63 and kernels.occupied_fraction(keys)[0] >= _POINT_SORT_MIN_FRACTION:
             coords, counts, nonfinite = kernels.sorted_voxels_by_point_sort(points, keys, batch, grid.range_min, grid.voxel_size)
             return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)

@@ -1,8 +1,8 @@
 """dynamic_voxelize's `order` option and its two numba algorithms for sorted voxels.
 
-"sorted" has two numba paths (radix sort of the points' keys on dense grids, hash + sort of the voxel keys
-on sparse ones) chosen by an estimate of voxels per point: both must give the same output as each other and
-as the torch backend. "first_come" must be spconv's `generate_voxel_with_id` order, row for row.
+"sorted" has three numba paths (a dense cell table on small grids, a radix sort of the points' keys on dense
+grids, hash + sort of the voxel keys otherwise), chosen from cells per point and an estimate of voxels per
+point: all must give the same output as each other and as the torch backend. "first_come" must be spconv's `generate_voxel_with_id` order, row for row.
 """
 import numpy as np
 import pytest
@@ -17,15 +17,25 @@ NUSC_VOXEL = dict(voxel_size=[0.075, 0.075, 0.2], point_range=[-54, -54, -5, 54,
 FIELDS = ("coords", "point_voxel", "counts", "num_dropped_nonfinite")
 
 
+PATHS = {  # forced path -> (_CELL_TABLE_MAX_PER_POINT, _POINT_SORT_MIN_FRACTION, kernel that must run)
+    "cell_table": (10**12, 2.0, "sorted_voxels_by_cell_table"),
+    "point_sort": (0, -1.0, "sorted_voxels_by_point_sort"),
+    "hash": (0, 2.0, "sorted_voxels"),
+}
+
+
 def numba_sorted(monkeypatch, path: str, *args, **kwargs) -> DynamicVoxels:
-    """Sorted numba voxels from one forced path: "point_sort" or "hash"."""
-    monkeypatch.setattr(voxelize, "_POINT_SORT_MIN_FRACTION", -1.0 if path == "point_sort" else 2.0)
+    """Sorted numba voxels from one forced path (a key of PATHS)."""
+    table_max, fraction, kernel = PATHS[path]
+    monkeypatch.setattr(voxelize, "_CELL_TABLE_MAX_PER_POINT", table_max)
+    monkeypatch.setattr(voxelize, "_POINT_SORT_MIN_FRACTION", fraction)
     calls = []
-    original = kernels.sorted_voxels_by_point_sort
-    monkeypatch.setattr(kernels, "sorted_voxels_by_point_sort", lambda *a: calls.append(1) or original(*a))
+    for name in {k for _, _, k in PATHS.values()}:
+        original = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     out = dynamic_voxelize(*args, backend="numba", **kwargs)
     monkeypatch.undo()
-    assert bool(calls) == (path == "point_sort"), f"the {path} path did not run"
+    assert calls == [kernel], f"forced {path}, ran {calls}"
     return out
 
 
@@ -55,8 +65,9 @@ def test_sorted_paths_and_backends_agree(monkeypatch, seed):
     points, voxel_size, point_range, batch = random_cloud(seed)
     args = (points, voxel_size, point_range)
     by_sort = numba_sorted(monkeypatch, "point_sort", *args, batch_index=batch)
-    by_hash = numba_sorted(monkeypatch, "hash", *args, batch_index=batch)
-    assert_same(by_sort, by_hash)
+    assert_same(by_sort, numba_sorted(monkeypatch, "hash", *args, batch_index=batch))
+    assert_same(by_sort, numba_sorted(monkeypatch, "cell_table", *args, batch_index=batch))
+    assert_same(by_sort, dynamic_voxelize(*args, batch_index=batch, backend="numba"))  # unforced choice
     assert_same(by_sort, dynamic_voxelize(*args, batch_index=batch, backend="torch"))
     coords = by_sort.coords.long()
     flat = ((coords[:, 0] * 100 + coords[:, 1]) * 100 + coords[:, 2]) * 100 + coords[:, 3]
@@ -92,8 +103,10 @@ def test_first_come_is_the_sorted_voxels_renumbered(seed):
 def test_real_scan_sorted_paths_agree_and_first_come_is_spconv(monkeypatch, kitti_scan, config):
     from spconv.pytorch.utils import PointToVoxel
 
-    assert_same(numba_sorted(monkeypatch, "point_sort", kitti_scan, **config),
-                numba_sorted(monkeypatch, "hash", kitti_scan, **config))
+    by_sort = numba_sorted(monkeypatch, "point_sort", kitti_scan, **config)
+    assert_same(by_sort, numba_sorted(monkeypatch, "hash", kitti_scan, **config))
+    if config is KITTI_PILLAR:  # a dense table of the 83 M-cell voxel grid would take 330 MB
+        assert_same(by_sort, numba_sorted(monkeypatch, "cell_table", kitti_scan, **config))
     generator = PointToVoxel(config["voxel_size"], config["point_range"], 4, kitti_scan.shape[0], 1)
     _, sp_coords, _, sp_point_voxel = generator.generate_voxel_with_id(torch.from_numpy(kitti_scan))
     for backend in ("numba", "torch"):
@@ -103,14 +116,16 @@ def test_real_scan_sorted_paths_agree_and_first_come_is_spconv(monkeypatch, kitt
 
 
 def test_default_path_choice_on_real_scans(kitti_scan):
-    """The estimate sends the dense grid to the point sort and pillars to the hash (the faster ones)."""
-    for config, dense in ((NUSC_VOXEL, True), (KITTI_PILLAR, False)):
-        grid = voxelize.voxel_grid(**config)
-        keys = kernels.point_voxel_keys(kitti_scan, grid.range_min, grid.voxel_size, *grid.grid_xyz)
-        estimate, sampled = kernels.occupied_fraction(keys)
-        exact = np.unique(keys[keys >= 0]).shape[0] / int((keys >= 0).sum())
-        assert sampled > 1000 and abs(estimate - exact) < 0.05, (estimate, exact)
-        assert (estimate >= voxelize._POINT_SORT_MIN_FRACTION) == dense
+    """Pillars (1.8 cells per point) take the cell table; the dense grid (0.58 voxels per point) the point sort."""
+    pillar = voxelize.voxel_grid(**KITTI_PILLAR)
+    assert pillar.num_cells <= voxelize._CELL_TABLE_MAX_PER_POINT * len(kitti_scan)
+    grid = voxelize.voxel_grid(**NUSC_VOXEL)
+    assert grid.num_cells > voxelize._CELL_TABLE_MAX_PER_POINT * len(kitti_scan)
+    keys = kernels.point_voxel_keys(kitti_scan, grid.range_min, grid.voxel_size, *grid.grid_xyz)
+    estimate, sampled = kernels.occupied_fraction(keys)
+    exact = np.unique(keys[keys >= 0]).shape[0] / int((keys >= 0).sum())
+    assert sampled > 1000 and abs(estimate - exact) < 0.05, (estimate, exact)
+    assert estimate >= voxelize._POINT_SORT_MIN_FRACTION
 
 
 def test_order_is_validated():
