@@ -25,7 +25,10 @@ Backends: `"numba"` (CPU kernels in `_voxelize_numba.py`), `"torch"` (sort / `to
 scatter, any device), `"auto"` = numba for numpy / CPU tensors, torch otherwise. Both give identical
 results (tested). Outputs are torch tensors on the input's device (CPU for numpy input).
 Numba hard voxelization is one thread (first-come order is sequential); the key pass of dynamic
-voxelization runs in parallel from `_voxelize_numba.PARALLEL_MIN_POINTS` (1M) points. The first
+voxelization runs in parallel from `_voxelize_numba.PARALLEL_MIN_POINTS` (1M) points.
+Dynamic voxels come in the `order` asked for: "sorted" (default; three numba algorithms with identical
+output, chosen by grid size and voxels per point, see `_CELL_TABLE_MAX_PER_POINT`) or "first_come"
+(spconv's order, no sort). The first
 numba call in a process loads the kernels from numba's cache (~1 s incl. numba's own start-up) or
 compiles them (~10 s) when the cache is cold. A numba `HardVoxels.voxels` may be a view of a somewhat
 larger buffer (bounded: see `_MAX_PINNED_WASTE`).
