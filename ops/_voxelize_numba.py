@@ -329,6 +329,43 @@ def sorted_voxels_by_cell_table(keys, grid_x, grid_y, grid_z, batches):
     return coords, counts, num_nonfinite
 
 
+@njit(cache=True)
+def first_come_voxels_by_cell_table(points, keys, batch_index, range_min, voxel_size, num_keys):
+    """`first_come_voxels` through a dense per-cell row table instead of a hash table, for small grids.
+
+    One direct lookup per point (`table[key]`, -1 = not seen yet) instead of a hash probe. Returns
+    (coords (C, 4) int32 (batch, z, y, x), counts (C,) int32, V, num_nonfinite) with C = N; only the first
+    V rows are voxels. Overwrites `keys` IN PLACE with each point's first-come row (-1 if dropped).
+    """
+    n = keys.shape[0]
+    batched = batch_index.shape[0] == n and n > 0
+    table = np.full(num_keys, -1, np.int32)
+    coords = np.empty((n, 4), np.int32)
+    counts = np.empty(n, np.int32)
+    num_voxels = 0
+    num_nonfinite = 0
+    for i in range(n):
+        key = keys[i]
+        if key < 0:
+            if key == -2:
+                num_nonfinite += 1
+            keys[i] = -1
+            continue
+        row = table[key]
+        if row < 0:
+            row = num_voxels
+            table[key] = row
+            coords[row, 0] = batch_index[i] if batched else 0
+            coords[row, 1] = _grid_index(points[i, 2], range_min[2], voxel_size[2])
+            coords[row, 2] = _grid_index(points[i, 1], range_min[1], voxel_size[1])
+            coords[row, 3] = _grid_index(points[i, 0], range_min[0], voxel_size[0])
+            counts[row] = 0
+            num_voxels += 1
+        counts[row] += 1
+        keys[i] = row
+    return coords, counts, num_voxels, num_nonfinite
+
+
 # Voxels sampled by `occupied_fraction`: those whose key hash falls in 1 / 2**_SAMPLE_BITS of the hash space.
 _SAMPLE_BITS = 4
 

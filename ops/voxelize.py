@@ -282,6 +282,7 @@ def _trimmed(array: np.ndarray, length: int) -> np.ndarray:
 #   come from a 1/16 sample of the voxels (`occupied_fraction`, ~5% of the time), and the point sort won
 #   above V / N ~ 0.25-0.3;
 # - else: hash the points to first-come voxels and sort only the V voxel keys.
+# First-come voxels use the same per-cell table (a row table: one lookup per point, no hash) on small grids.
 _CELL_TABLE_MAX_PER_POINT = 12
 _POINT_SORT_MIN_FRACTION = 0.3
 
@@ -296,9 +297,15 @@ def _dynamic_numba(points: np.ndarray, grid: VoxelGrid, batch_index: np.ndarray 
         batches = int(batch_index.max()) + 1 if batch_index.shape[0] else 1
     batch = np.zeros(0, np.int64) if batch_index is None else batch_index
     # keys becomes the per-point voxel row in place
+    num_keys = batches * grid.num_cells
+    small_grid = num_keys <= _CELL_TABLE_MAX_PER_POINT * keys.shape[0]
+    if order == "first_come" and small_grid:
+        coords, counts, num_voxels, nonfinite = kernels.first_come_voxels_by_cell_table(
+            points, keys, batch, grid.range_min, grid.voxel_size, num_keys)
+        coords, counts = _trimmed(coords, num_voxels), _trimmed(counts, num_voxels)
+        return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)
     if order == "sorted":
-        num_keys = batches * grid.num_cells
-        if num_keys <= _CELL_TABLE_MAX_PER_POINT * keys.shape[0]:
+        if small_grid:
             coords, counts, nonfinite = kernels.sorted_voxels_by_cell_table(keys, *grid.grid_xyz, batches)
             return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)
         packed_bits = (num_keys - 1).bit_length() + max(keys.shape[0] - 1, 1).bit_length()

@@ -76,12 +76,20 @@ def test_sorted_paths_and_backends_agree(monkeypatch, seed):
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_first_come_is_the_sorted_voxels_renumbered(seed):
+def test_first_come_is_the_sorted_voxels_renumbered(monkeypatch, seed):
     points, voxel_size, point_range, batch = random_cloud(seed)
     args = (points, voxel_size, point_range)
     sorted_ = dynamic_voxelize(*args, batch_index=batch, backend="numba")
     first = [dynamic_voxelize(*args, batch_index=batch, backend=b, order="first_come") for b in ("numba", "torch")]
     assert_same(first[0], first[1])
+    for table_max, kernel in ((0, "first_come_voxels"), (10**12, "first_come_voxels_by_cell_table")):
+        monkeypatch.setattr(voxelize, "_CELL_TABLE_MAX_PER_POINT", table_max)
+        calls = []
+        original = getattr(kernels, kernel)
+        monkeypatch.setattr(kernels, kernel, lambda *a, _f=original: calls.append(1) or _f(*a))
+        assert_same(first[1], dynamic_voxelize(*args, batch_index=batch, backend="numba", order="first_come"))
+        monkeypatch.undo()
+        assert calls == [1], f"{kernel} did not run"
     first = first[0]
     assert first.order == "first_come" and sorted_.order == "sorted"
     valid = sorted_.point_voxel >= 0
