@@ -459,8 +459,8 @@ def dynamic_voxelize(points, voxel_size, point_range, batch_index=None, backend:
         the window partitions break ties by row order, so their outputs depend on it.
       "first_come": numbered by the input position of each voxel's first point, as `hard_voxelize` and
         spconv's `PointToVoxel.generate_voxel_with_id` (row for row identical to the latter). It skips the
-        sort (numba: about 40% of the time on a dense grid, benchmarks/bench_voxelize.py), for consumers
-        that do not depend on row order, e.g. `voxel_reduce` followed by a scatter into a dense grid.
+        sort (numba: 5-50% less time than "sorted", most on dense grids: benchmarks/bench_voxelize.py), for
+        consumers that do not depend on row order, e.g. `voxel_reduce` followed by a scatter into a dense grid.
     Returns `DynamicVoxels(coords (V, 4) int32 (batch, z, y, x), point_voxel (N,) int64 (-1 for
     dropped points), counts (V,) int32, num_dropped_nonfinite, order)`.
     """
