@@ -25,7 +25,10 @@ Backends: `"numba"` (CPU kernels in `_voxelize_numba.py`), `"torch"` (sort / `to
 scatter, any device), `"auto"` = numba for numpy / CPU tensors, torch otherwise. Both give identical
 results (tested). Outputs are torch tensors on the input's device (CPU for numpy input).
 Numba hard voxelization is one thread (first-come order is sequential); the key pass of dynamic
-voxelization runs in parallel from `_voxelize_numba.PARALLEL_MIN_POINTS` (1M) points. The first
+voxelization runs in parallel from `_voxelize_numba.PARALLEL_MIN_POINTS` (1M) points.
+Dynamic voxels come in the `order` asked for: "sorted" (default; three numba algorithms with identical
+output, chosen by grid size and voxels per point, see `_CELL_TABLE_MAX_PER_POINT`) or "first_come"
+(spconv's order, no sort). The first
 numba call in a process loads the kernels from numba's cache (~1 s incl. numba's own start-up) or
 compiles them (~10 s) when the cache is cold. A numba `HardVoxels.voxels` may be a view of a somewhat
 larger buffer (bounded: see `_MAX_PINNED_WASTE`).
@@ -57,6 +60,7 @@ __all__ = [
 
 _BACKENDS = ("auto", "numba", "torch")
 _REDUCTIONS = ("mean", "max", "sum")
+_ORDERS = ("sorted", "first_come")
 _MAX_PINNED_WASTE = 16 * 2**20  # bytes of over-allocated hard-voxel buffer a result may keep alive
 
 
@@ -86,10 +90,12 @@ class HardVoxels:
 class DynamicVoxels:
     """Every occupied voxel, no caps.
 
-    coords: (V, 4) int32 (batch, z, y, x), sorted lexicographically (unique rows).
+    coords: (V, 4) int32 (batch, z, y, x), unique rows in `order` (see `dynamic_voxelize`):
+      "sorted" = ascending lexicographically, "first_come" = by the input position of each voxel's first point.
     point_voxel: (N,) int64 row in `coords` of every input point, -1 if out of range / non-finite.
     counts: (V,) int32 points per voxel.
     num_dropped_nonfinite: points dropped because a coordinate was NaN / inf.
+    order: "sorted" or "first_come", the row order of `coords` / `counts`.
 
     Iterating / unpacking yields `(coords, point_voxel, counts)`.
     """
@@ -98,6 +104,11 @@ class DynamicVoxels:
     point_voxel: torch.Tensor
     counts: torch.Tensor
     num_dropped_nonfinite: int = 0
+    order: str = "sorted"
+
+    def __post_init__(self):
+        if self.order not in _ORDERS:
+            raise ValueError(f"order: expected one of {_ORDERS}, got {self.order!r}")
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter((self.coords, self.point_voxel, self.counts))
@@ -254,17 +265,60 @@ def _hard_numba(points: np.ndarray, grid: VoxelGrid, max_points: int, max_voxels
     return torch.from_numpy(voxels), torch.from_numpy(coords), torch.from_numpy(counts), int(nonfinite)
 
 
-def _dynamic_numba(points: np.ndarray, grid: VoxelGrid, batch_index: np.ndarray | None):
+def _trimmed(array: np.ndarray, length: int) -> np.ndarray:
+    """`array[:length]`, as a view unless the unused tail is larger than the result and _MAX_PINNED_WASTE."""
+    wasted = (array.shape[0] - length) * (array.nbytes // max(array.shape[0], 1))
+    if wasted > max(array.nbytes - wasted, _MAX_PINNED_WASTE):
+        return array[:length].copy()
+    return array[:length]
+
+
+# Sorted dynamic voxels come from one of three numba algorithms with identical results; the fastest one
+# depends on cells per point and voxels per point (V / N). Measured on the KITTI and nuScenes scans (one
+# thread, 11 voxel / pillar sizes each):
+# - few cells per point (pillar grids): a dense per-cell table (counting sort), no hash and no sort; it
+#   won up to ~15 cells per point and lost 2x at 34;
+# - else, many voxels per point (dense 3D grids): a radix sort of the points' keys; the voxels per point
+#   come from a 1/16 sample of the voxels (`occupied_fraction`, ~5% of the time), and the point sort won
+#   above V / N ~ 0.25-0.3;
+# - else: hash the points to first-come voxels and sort only the V voxel keys.
+# First-come voxels use the same per-cell table (a row table: one lookup per point, no hash) on small grids.
+_CELL_TABLE_MAX_PER_POINT = 12
+_POINT_SORT_MIN_FRACTION = 0.3
+
+
+def _dynamic_numba(points: np.ndarray, grid: VoxelGrid, batch_index: np.ndarray | None, order: str):
     from . import _voxelize_numba as kernels
 
     keys = _numba_keys(points, grid)
+    batches = 1
     if batch_index is not None:
         kernels.add_batch_to_keys(keys, batch_index, grid.num_cells)
-    # keys becomes the per-point voxel row in place (first-come, then sorted)
-    first_keys, first_coords, first_counts, nonfinite = kernels.first_come_voxels(points, keys, grid.range_min, grid.voxel_size)
-    coords, counts = kernels.sorted_voxels(keys, first_keys, first_coords, first_counts, grid.num_cells)
-    point_voxel = keys
-    return torch.from_numpy(coords), torch.from_numpy(point_voxel), torch.from_numpy(counts), int(nonfinite)
+        batches = int(batch_index.max()) + 1 if batch_index.shape[0] else 1
+    batch = np.zeros(0, np.int64) if batch_index is None else batch_index
+    # keys becomes the per-point voxel row in place
+    num_keys = batches * grid.num_cells
+    small_grid = num_keys <= _CELL_TABLE_MAX_PER_POINT * keys.shape[0]
+    if order == "first_come" and small_grid:
+        coords, counts, num_voxels, nonfinite = kernels.first_come_voxels_by_cell_table(
+            points, keys, batch, grid.range_min, grid.voxel_size, num_keys)
+        coords, counts = _trimmed(coords, num_voxels), _trimmed(counts, num_voxels)
+        return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)
+    if order == "sorted":
+        if small_grid:
+            coords, counts, nonfinite = kernels.sorted_voxels_by_cell_table(keys, *grid.grid_xyz, batches)
+            return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)
+        packed_bits = (num_keys - 1).bit_length() + max(keys.shape[0] - 1, 1).bit_length()
+        if packed_bits <= 63 and kernels.occupied_fraction(keys)[0] >= _POINT_SORT_MIN_FRACTION:
+            coords, counts, nonfinite = kernels.sorted_voxels_by_point_sort(points, keys, batch, grid.range_min, grid.voxel_size)
+            return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)
+    voxel_keys, coords, counts, num_voxels, nonfinite = kernels.first_come_voxels(
+        points, keys, batch, grid.range_min, grid.voxel_size)
+    if order == "sorted":
+        coords, counts = kernels.sorted_voxels(keys, voxel_keys[:num_voxels], coords[:num_voxels], counts[:num_voxels])
+    else:
+        coords, counts = _trimmed(coords, num_voxels), _trimmed(counts, num_voxels)
+    return torch.from_numpy(coords), torch.from_numpy(keys), torch.from_numpy(counts), int(nonfinite)
 
 
 # ----------------------------------------------------------------------------------------- torch
@@ -326,12 +380,21 @@ def _hard_torch(points: torch.Tensor, grid: VoxelGrid, max_points: int, max_voxe
     return voxels, coords, num_points, nonfinite
 
 
-def _dynamic_torch(points: torch.Tensor, grid: VoxelGrid, batch_index: torch.Tensor | None):
+def _dynamic_torch(points: torch.Tensor, grid: VoxelGrid, batch_index: torch.Tensor | None, order: str):
     keys, nonfinite = _torch_keys(points, grid)
     valid = keys >= 0
     if batch_index is not None:
         keys = torch.where(valid, keys + batch_index.to(torch.int64) * grid.num_cells, keys)
     unique_keys, inverse, counts = torch.unique(keys[valid], sorted=True, return_inverse=True, return_counts=True)
+    if order == "first_come":
+        # rank voxels by the input position of their first point (as _hard_torch)
+        point_ids = torch.nonzero(valid).reshape(-1)
+        first_point = torch.full((unique_keys.shape[0],), points.shape[0], dtype=torch.int64, device=points.device)
+        first_point = first_point.scatter_reduce(0, inverse, point_ids, reduce="amin", include_self=True)
+        voxel_order = torch.argsort(first_point)
+        rank = torch.empty_like(voxel_order)
+        rank[voxel_order] = torch.arange(voxel_order.shape[0], device=points.device)
+        unique_keys, counts, inverse = unique_keys[voxel_order], counts[voxel_order], rank[inverse]
     point_voxel = torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device)
     point_voxel[valid] = inverse
     coords = torch.empty((unique_keys.shape[0], 4), dtype=torch.int32, device=points.device)
@@ -386,14 +449,24 @@ def _check_batch_index(batch_index, num_points: int, want_torch: bool, device):
     return np.ascontiguousarray(array.cpu().numpy())
 
 
-def dynamic_voxelize(points, voxel_size, point_range, batch_index=None, backend: str = "auto") -> DynamicVoxels:
+def dynamic_voxelize(points, voxel_size, point_range, batch_index=None, backend: str = "auto",
+                     order: str = "sorted") -> DynamicVoxels:
     """Every point to its voxel, no caps (DynamicVFE / DSVT / ScatterFormer input).
 
     points: (N, C>=3) numpy or torch; batch_index: optional (N,) int >= 0 sample id per point.
-    Returns `DynamicVoxels(coords (V, 4) int32 (batch, z, y, x) sorted, point_voxel (N,) int64 (-1 for
-    dropped points), counts (V,) int32, num_dropped_nonfinite)`.
+    order: row order of the voxels, the same set of voxels either way:
+      "sorted" (default): ascending (batch, z, y, x). The detectors ask for it (`pc3d.models.vfe.Voxelizer`):
+        the window partitions break ties by row order, so their outputs depend on it.
+      "first_come": numbered by the input position of each voxel's first point, as `hard_voxelize` and
+        spconv's `PointToVoxel.generate_voxel_with_id` (row for row identical to the latter). It skips the
+        sort (numba: 5-50% less time than "sorted", most on dense grids: benchmarks/bench_voxelize.py), for
+        consumers that do not depend on row order, e.g. `voxel_reduce` followed by a scatter into a dense grid.
+    Returns `DynamicVoxels(coords (V, 4) int32 (batch, z, y, x), point_voxel (N,) int64 (-1 for
+    dropped points), counts (V,) int32, num_dropped_nonfinite, order)`.
     """
     grid = voxel_grid(voxel_size, point_range)
+    if order not in _ORDERS:
+        raise ValueError(f"order: expected one of {_ORDERS}, got {order!r}")
     points, _ = _check_points(points)
     backend = _resolve_backend(backend, points)
     device = points.device if isinstance(points, torch.Tensor) else torch.device("cpu")
@@ -403,11 +476,11 @@ def dynamic_voxelize(points, voxel_size, point_range, batch_index=None, backend:
         if largest_key >= 2**62:
             raise ValueError(f"batch_index: max {int(batch.max())} overflows the int64 voxel key for grid {grid.grid_xyz}")
     if backend == "numba":
-        coords, point_voxel, counts, nonfinite = _dynamic_numba(_to_numpy(points), grid, batch)
+        coords, point_voxel, counts, nonfinite = _dynamic_numba(_to_numpy(points), grid, batch, order)
         coords, point_voxel, counts = coords.to(device), point_voxel.to(device), counts.to(device)
     else:
-        coords, point_voxel, counts, nonfinite = _dynamic_torch(_to_torch(points), grid, batch)
-    return DynamicVoxels(coords, point_voxel, counts, nonfinite)
+        coords, point_voxel, counts, nonfinite = _dynamic_torch(_to_torch(points), grid, batch, order)
+    return DynamicVoxels(coords, point_voxel, counts, nonfinite, order)
 
 
 def voxel_reduce(point_features, point_voxel, num_voxels: int, reduce: str = "mean") -> torch.Tensor:

@@ -90,8 +90,11 @@ class Voxelizer:
 
     def _dynamic(self, points: torch.Tensor, batch_size: int) -> VoxelizedPoints:
         batch_index = points[:, 0].long()
+        # Sorted (batch, z, y, x) rows, never "first_come": the window partitions (SST regions, DSVT's set
+        # pooling) keep the row order of appearance inside a window, so backbone outputs, the shipped
+        # checkpoints and the reference parity fixtures all depend on this order.
         result = _voxelize.dynamic_voxelize(points[:, 1:4].contiguous(), self.voxel_size, self.point_range,
-                                            batch_index=batch_index)
+                                            batch_index=batch_index, order="sorted")
         coords = torch.as_tensor(result.coords).to(device=points.device, dtype=torch.int32)
         point_voxel = torch.as_tensor(result.point_voxel).to(device=points.device, dtype=torch.int64)
         keep = point_voxel >= 0
