@@ -171,8 +171,10 @@ class Detector(nn.Module):
         """Boxes per sample; a sample without a single voxel in range has no detections by definition
         (its all-zero BEV would otherwise decode to bias-only peaks)."""
         boxes = self.head.decode(predictions)
-        occupied = torch.zeros(voxelized.batch_size, dtype=torch.bool)
-        occupied[voxelized.coords[:, 0].long().cpu()] = True
+        # marked on the voxels' device: one copy of B flags to the host, not of every voxel's sample index
+        occupied = torch.zeros(voxelized.batch_size, dtype=torch.bool, device=voxelized.coords.device)
+        occupied[voxelized.coords[:, 0].long()] = True
+        occupied = occupied.tolist()
         return [b if occupied[i] else b[:0] for i, b in enumerate(boxes)]
 
     def forward(self, batch: Batch):
