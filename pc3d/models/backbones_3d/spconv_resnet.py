@@ -1,5 +1,6 @@
 """Sparse-convolution residual backbone (CenterPoint's VoxelNet `SpMiddleResNetFHD` /
-OpenPCDet's `VoxelResBackBone8x`) on spconv, usable on a CPU-only torch via `pc3d.models.spconv_cpu`.
+OpenPCDet's `VoxelResBackBone8x`) on spconv, usable on a CPU-only torch via `pc3d.models.spconv_cpu`, or on
+spconv-triton on GPUs without a spconv wheel (`pc3d.models.sparse_conv`).
 
 Layout (channels `(c1, c2, c3, c4)`, default (16, 32, 64, 128)):
     SubM 3x3x3 -> c1 ; 2 residual blocks (c1)
@@ -11,9 +12,9 @@ For pillar-like inputs (nz < 8) use `last_z_padding=1, z_down=False`.
 """
 from __future__ import annotations
 
-import pc3d.models.spconv_cpu  # noqa: F401  (patches spconv's CPU backward on import)
-import spconv.pytorch as spconv
 from torch import nn
+
+from pc3d.models.sparse_conv import spconv  # spconv.pytorch, or spconv_triton.pytorch (PC3D_SPCONV)
 
 from pc3d.structures import SparseVoxels
 
