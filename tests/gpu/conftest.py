@@ -45,8 +45,8 @@ def seeded_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for name, param in model.named_parameters():
             rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
             fan_in = max(1, param[0].numel()) if param.dim() > 1 else 1
-            if name.endswith(".bias") or param.dim() == 1:
-                values = rng.normal(0.0, 0.05, param.shape) + (1.0 if "bn" in name or "norm" in name else 0.0)
+            if param.dim() == 1:  # biases near 0, norm scales near 1
+                values = rng.normal(0.0, 0.05, param.shape) + (1.0 if name.endswith("weight") else 0.0)
             else:
                 values = rng.normal(0.0, 1.0 / np.sqrt(fan_in), param.shape)
             param.copy_(torch.from_numpy(values.astype(np.float32)))
