@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# PC3D_SHARED_DATA as in tests/conftest.py (the GPU machine gets a carried copy, see docs/gpu.md)
+SHARED_DATA = Path(os.environ.get("PC3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 KITTI_SCAN = SHARED_DATA / "kitti/object/training/velodyne/000001.bin"
 NUSCENES_SCAN = SHARED_DATA / ("nuscenes/mmdet3d_demo/samples/LIDAR_TOP/"
                                "n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin")
