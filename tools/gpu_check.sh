@@ -7,7 +7,8 @@
 #   4. prints ONE summary line (also in $OUT/summary.txt).
 # Prepare .gpu/ first on the CPU machine with `make gpu-prep`; docs/gpu.md has the exact device call.
 # Dry run on a CPU machine: PC3D_GPU_TEST_DEVICE=cpu PC3D_GPU_PYTHON=.venv/bin/python make gpu-check
-# Knobs: PYTEST_TIMEOUT (s, default 250), BENCH_BUDGET (s, default 130), BENCH_ARGS, PYTEST_ARGS.
+# Knobs: PYTEST_TIMEOUT (s, default 250), BENCH_BUDGET (s, default 130), BENCH_ARGS (split on spaces),
+# PYTEST_K (a -k expression, e.g. a rerun of what failed).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/gpu_check}
@@ -40,8 +41,10 @@ per_test=""
 "$PY" -c "import pytest_timeout" 2>/dev/null && per_test="--timeout 120"
 log "pytest -m gpu (timeout ${PYTEST_TIMEOUT}s) -> $OUT/pytest_gpu.log"
 pytest_start=$(date +%s)
+select=()
+[ -n "${PYTEST_K:-}" ] && select=(-k "$PYTEST_K")
 timeout "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu tests/gpu -q -rfEs --durations=15 $per_test \
-  --junitxml "$OUT/pytest_gpu.xml" ${PYTEST_ARGS:-} > "$OUT/pytest_gpu.log" 2>&1
+  --junitxml "$OUT/pytest_gpu.xml" "${select[@]}" > "$OUT/pytest_gpu.log" 2>&1
 pytest_rc=$?
 pytest_s=$(($(date +%s) - pytest_start))
 
