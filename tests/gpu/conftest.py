@@ -7,7 +7,9 @@ the CPU (CPU against CPU: the same code paths bar the kernels), which is how it 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import os
 import zlib
 
@@ -102,6 +104,36 @@ def zero_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# (module, function name) of every op's "auto" backend choice: numba for CPU tensors, torch elsewhere
+_AUTO_BACKEND = [("pc3d.ops.voxelize", "_resolve_backend"), ("pc3d.ops.box_geometry", "_resolve_backend"),
+                 ("pc3d.ops.partition.flattened_windows", "resolve_backend"),
+                 ("pc3d.ops.partition.rotated_sets", "resolve_backend"),
+                 ("pc3d.ops.partition.scattered_windows", "resolve_backend"),
+                 ("pc3d.ops.partition.sst_regions", "resolve_backend")]
+
+
+@contextlib.contextmanager
+def device_paths(device: torch.device):
+    """Run the ops' device code paths on `device`. On a GPU that is what "auto" picks anyway; in a CPU dry run,
+    "auto" is made to pick the torch paths (what CUDA runs) instead of the numba kernels, so the side under test
+    differs from the CPU reference in the same way as on a GPU."""
+    if device.type != "cpu":
+        yield
+        return
+    saved = []
+    for module_name, name in _AUTO_BACKEND:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name)
+        saved.append((module, name, original))
+        setattr(module, name, lambda backend, *arrays, _f=original: _f("torch" if backend == "auto" else backend,
+                                                                        *arrays))
+    try:
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """The helpers above, for the test modules (they cannot import this conftest under --import-mode=importlib)."""
@@ -109,4 +141,5 @@ def helpers():
         pass
     h = Helpers()
     h.seeded_weights, h.tiny_widths, h.scan_batch, h.zero_dropout = seeded_weights, tiny_widths, scan_batch, zero_dropout
+    h.device_paths = device_paths
     return h

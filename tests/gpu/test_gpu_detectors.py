@@ -50,8 +50,14 @@ def build(cfg, helpers, seed=0):
     return helpers.zero_dropout(helpers.seeded_weights(Detector.from_config(cfg), seed))
 
 
-def train_pass(model, batch, device):
-    """One train-mode forward + backward on `device`: (head tensors, loss parts, grads by name), on the CPU."""
+def train_pass(model, batch, device, helpers):
+    """One train-mode forward + backward on `device` with the device's op paths (torch paths also in a CPU dry run,
+    conftest.device_paths): (head tensors, loss parts, grads by name), on the CPU."""
+    with helpers.device_paths(device):
+        return _train_pass(model, batch, device)
+
+
+def _train_pass(model, batch, device):
     model = copy.deepcopy(model).to(device).train()
     batch = batch.to(device)
     voxelized = model.voxelize(batch)
@@ -92,8 +98,8 @@ def test_forward_backward_device_matches_cpu(path, device, helpers, kitti_scan):
     skip_if_no_cpu_reference(cfg, device)
     model = build(cfg, helpers)
     batch = helpers.scan_batch(kitti_scan, cfg)
-    got_out, got_loss, got_grads = train_pass(model, batch, device)
-    want_out, want_loss, want_grads = train_pass(model, batch, torch.device("cpu"))
+    got_out, got_loss, got_grads = train_pass(model, batch, device, helpers)
+    want_out, want_loss, want_grads = _train_pass(model, batch, torch.device("cpu"))
     assert_close_outputs(got_out, want_out)
     assert got_loss.keys() == want_loss.keys()
     for key in want_loss:
@@ -107,7 +113,8 @@ def test_forward_backward_device_matches_cpu(path, device, helpers, kitti_scan):
     with torch.no_grad():
         want_boxes = model.predict(batch)
         on_device = copy.deepcopy(model).to(device)
-        got_boxes = on_device.predict(batch.to(device))
+        with helpers.device_paths(device):
+            got_boxes = on_device.predict(batch.to(device))
     assert all(b.boxes.device.type == device.type for b in got_boxes)
     assert_same_boxes(got_boxes, want_boxes)
 
@@ -143,7 +150,8 @@ def test_amp_training_steps_are_finite_and_lower_the_loss(path, dtype, device, h
     batch = helpers.scan_batch(kitti_scan, cfg)
     torch.manual_seed(0)
     model = Detector.from_config(cfg)  # the configs' own initialisation, as training starts
-    losses = amp_losses(model, batch, device, dtype)
+    with helpers.device_paths(device):
+        losses = amp_losses(model, batch, device, dtype)
     assert all(np.isfinite(losses)), losses
     assert min(losses[-3:]) < losses[0], losses
 
@@ -178,11 +186,12 @@ def test_onnx_export_from_a_model_on_the_device(device, helpers, kitti_scan, tmp
 
     cfg = load_config(REPO / "configs/synthetic/flatformer_tiny.yaml")
     model = build(cfg, helpers).eval().to(device)
-    result = export_onnx(model, cfg, tmp_path / "flatformer_tiny.onnx")
+    with helpers.device_paths(device):
+        result = export_onnx(model, cfg, tmp_path / "flatformer_tiny.onnx")
     assert next(model.parameters()).device.type == device.type  # the export does not move the model
     onnx_detector = OnnxDetector(result.path, intra_op_threads=2)
     batch = helpers.scan_batch(kitti_scan[:30000], cfg)
-    with torch.no_grad():
+    with torch.no_grad(), helpers.device_paths(device):
         want = [t.float().cpu() for p in model.forward_voxels(model.voxelize(batch.to(device))) for t in p.tensors()]
     got = [t for p in onnx_detector.forward_raw(batch) for t in p.tensors()]
     assert len(got) == len(want)
