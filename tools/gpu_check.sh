@@ -32,8 +32,12 @@ log "install (no network) -> $OUT/install.log"
 install_ok=1
 "$PY" -m pip install -q --no-index --no-deps --find-links "$CARRY/wheels" spconv-triton==1.0.0 >> "$OUT/install.log" 2>&1 \
   || install_ok=0
-"$PY" -c "import pc3d.ops" > /dev/null 2>&1 \
-  || "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >> "$OUT/install.log" 2>&1 || install_ok=0
+# pc3d itself, editable (a regular install if the machine's setuptools cannot do editable ones). `python -P`
+# keeps the checkout's pc3d/ (which lacks the pc3d.ops mapping of setup.py) off sys.path everywhere below.
+"$PY" -P -c "import pc3d.ops" > /dev/null 2>&1 \
+  || "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >> "$OUT/install.log" 2>&1 \
+  || "$PY" -m pip install -q --no-index --no-deps --no-build-isolation . >> "$OUT/install.log" 2>&1 || install_ok=0
+"$PY" -P -c "import pc3d.ops, pc3d.models.detector" >> "$OUT/install.log" 2>&1 || install_ok=0
 
 export PC3D_SHARED_DATA="$PWD/$CARRY/data" PC3D_GPU_TEST_DEVICE="$DEVICE" PYTHONUNBUFFERED=1
 export PC3D_GPU_TEST_CPU_THREADS=${PC3D_GPU_TEST_CPU_THREADS:-8} TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/pc3d_triton}
@@ -43,7 +47,7 @@ log "pytest -m gpu (timeout ${PYTEST_TIMEOUT}s) -> $OUT/pytest_gpu.log"
 pytest_start=$(date +%s)
 select=()
 [ -n "${PYTEST_K:-}" ] && select=(-k "$PYTEST_K")
-timeout "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu tests/gpu -q -rfEs --durations=15 $per_test \
+timeout "$PYTEST_TIMEOUT" "$PY" -P -m pytest -m gpu tests/gpu -q -rfEs --durations=15 $per_test \
   --junitxml "$OUT/pytest_gpu.xml" "${select[@]}" > "$OUT/pytest_gpu.log" 2>&1
 pytest_rc=$?
 pytest_s=$(($(date +%s) - pytest_start))
@@ -51,7 +55,7 @@ pytest_s=$(($(date +%s) - pytest_start))
 scan="$CARRY/data/kitti/object/training/velodyne/000001.bin"
 log "bench_gpu.py (budget ${BENCH_BUDGET}s) -> $OUT/bench_gpu.jsonl"
 bench_start=$(date +%s)
-timeout $((BENCH_BUDGET + 60)) "$PY" benchmarks/bench_gpu.py --device "$DEVICE" --json --points "$scan" --dim 4 \
+timeout $((BENCH_BUDGET + 60)) "$PY" -P benchmarks/bench_gpu.py --device "$DEVICE" --json --points "$scan" --dim 4 \
   --budget-s "$BENCH_BUDGET" ${BENCH_ARGS:-} > "$OUT/bench_gpu.jsonl" 2> "$OUT/bench_gpu.log"
 bench_rc=$?
 bench_s=$(($(date +%s) - bench_start))
