@@ -1,6 +1,7 @@
 # pc3d: the two commands of the README.
 #   make demo   install into .venv and run the demo on the embedded synthetic data
 #   make test   install into .venv and run the test suite (what CI runs)
+#   make gpu-prep / gpu-check   prepare .gpu/ here, then check every CUDA path on a GPU machine (docs/gpu.md)
 # Both are idempotent: a second run installs nothing when requirements.txt and setup.py are unchanged.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.pc3d-installed
 APT_PACKAGES := libusb-1.0-0 libgl1 libegl1 libx11-6 libudev1 libegl-mesa0 libgl1-mesa-dri libgbm1
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps test-slow bench clean
+.PHONY: demo test install system-deps test-slow bench clean gpu-prep gpu-check
 
 demo: install
 	@$(PY) tools/demo.py
@@ -48,6 +49,13 @@ $(STAMP): requirements.txt setup.py
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# GPU: `make gpu-prep` here (wheels + scans into .gpu/), then `make gpu-check` on the GPU machine (docs/gpu.md).
+gpu-prep:
+	@bash tools/gpu_prepare.sh
+
+gpu-check:
+	@bash tools/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs

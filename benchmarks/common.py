@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# PC3D_SHARED_DATA as in tests/conftest.py (the GPU machine gets a carried copy, see docs/gpu.md)
+SHARED_DATA = Path(os.environ.get("PC3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 KITTI_SCAN = SHARED_DATA / "kitti/object/training/velodyne/000001.bin"
 NUSCENES_SCAN = SHARED_DATA / ("nuscenes/mmdet3d_demo/samples/LIDAR_TOP/"
                                "n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin")
@@ -41,7 +43,7 @@ def time_call(fn, repeat: int = 5, warmup: int = 1) -> float:
 
 def report(name: str, seconds: float, reference: str | None, reference_seconds: float | None,
            identical: bool | None, json_mode: bool, **extra) -> dict:
-    ratio = (reference_seconds / seconds) if (reference_seconds is not None and seconds > 0) else None
+    ratio = (reference_seconds / seconds) if (reference_seconds is not None and seconds) else None
     row = {"name": name, "seconds": seconds, "reference": reference, "reference_seconds": reference_seconds,
            "ratio": ratio, "identical": identical, **extra}
     if json_mode:
@@ -50,7 +52,8 @@ def report(name: str, seconds: float, reference: str | None, reference_seconds: 
         ref = f"  {reference}: {reference_seconds * 1e3:9.2f} ms  ratio {ratio:6.2f}x" if ratio is not None else ""
         same = "" if identical is None else f"  identical={identical}"
         more = "".join(f"  {k}={v:.4g}" if isinstance(v, float) else f"  {k}={v}" for k, v in extra.items())
-        print(f"{name:48s} {seconds * 1e3:9.2f} ms{ref}{same}{more}", flush=True)
+        took = "      n/a" if seconds is None else f"{seconds * 1e3:9.2f}"  # a row that could not run
+        print(f"{name:48s} {took} ms{ref}{same}{more}", flush=True)
     return row
 
 

@@ -333,7 +333,9 @@ def export_onnx(detector: nn.Module, cfg: dict, path, example_points: torch.Tens
         if width != 4:
             extra = torch.zeros(example_points.shape[0], max(0, width - 4))
             example_points = torch.cat([example_points[:, :width], extra], dim=1)
-    example_points = torch.as_tensor(example_points, dtype=torch.float32)
+    # traced on the model's device (a CUDA model exports from CUDA tensors; the graph is device-free)
+    device = next(detector.parameters()).device
+    example_points = torch.as_tensor(example_points, dtype=torch.float32).to(device)
     was_training = detector.training
     detector.eval()
     wrapper = ExportableDetector(detector, batch_size).eval()
@@ -402,7 +404,7 @@ def empty_frame_outputs(wrapper: ExportableDetector) -> dict[str, torch.Tensor]:
     """Head outputs of a frame with no voxel (the torch detector's zero-BEV branch), by output name."""
     det = wrapper.detector
     ny, nx = det.bev_shape()
-    bev = torch.zeros(wrapper.batch_size, det.to_bev.out_channels, ny, nx)
+    bev = torch.zeros(wrapper.batch_size, det.to_bev.out_channels, ny, nx, device=next(det.parameters()).device)
     predictions = det.head(det.backbone_2d(bev))
     tensors = [t for p in predictions for t in p.tensors()]
     return dict(zip(wrapper.output_names(), tensors))
@@ -412,7 +414,7 @@ def _add_empty_frame_outputs(model, wrapper: ExportableDetector) -> None:
     from onnx import numpy_helper
 
     for name, tensor in empty_frame_outputs(wrapper).items():
-        model.graph.initializer.append(numpy_helper.from_array(tensor.float().numpy(), EMPTY_FRAME_PREFIX + name))
+        model.graph.initializer.append(numpy_helper.from_array(tensor.float().cpu().numpy(), EMPTY_FRAME_PREFIX + name))
 
 
 def _set_metadata(model, values: dict[str, str]) -> None:

@@ -88,6 +88,8 @@ def _probe_output_grid(backbone: nn.Module, in_channels: int, spatial_shape, vox
     """Run the 3D backbone once on two dummy voxels to learn its output grid `(nz, ny, nx)` and width."""
     if isinstance(backbone, IdentityBackbone3D):
         return tuple(spatial_shape), in_channels
+    if hasattr(backbone, "output_grid"):  # known without running it (spconv-triton cannot run on the CPU)
+        return tuple(backbone.output_grid(spatial_shape)), int(backbone.out_channels)
     nz, ny, nx = spatial_shape
     coords = torch.tensor([[0, nz // 2, ny // 2, nx // 2], [0, nz // 2, ny // 2, nx // 2 + 1]], dtype=torch.int32)
     dummy = SparseVoxels(torch.randn(2, in_channels), coords, tuple(spatial_shape), 1,
@@ -171,8 +173,10 @@ class Detector(nn.Module):
         """Boxes per sample; a sample without a single voxel in range has no detections by definition
         (its all-zero BEV would otherwise decode to bias-only peaks)."""
         boxes = self.head.decode(predictions)
-        occupied = torch.zeros(voxelized.batch_size, dtype=torch.bool)
-        occupied[voxelized.coords[:, 0].long().cpu()] = True
+        # marked on the voxels' device: one copy of B flags to the host, not of every voxel's sample index
+        occupied = torch.zeros(voxelized.batch_size, dtype=torch.bool, device=voxelized.coords.device)
+        occupied[voxelized.coords[:, 0].long()] = True
+        occupied = occupied.tolist()
         return [b if occupied[i] else b[:0] for i, b in enumerate(boxes)]
 
     def forward(self, batch: Batch):

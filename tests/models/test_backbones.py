@@ -322,3 +322,24 @@ def test_backbone_onnx_export_matches_eager(name):
         with torch.no_grad():
             want = wrapper(feats, coords).numpy()
         assert abs(got - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("config", ["configs/synthetic/centerpoint_voxel_tiny.yaml", "configs/waymo/centerpoint_voxel.yaml",
+                                    "configs/nuscenes/centerpoint_voxel.yaml"])
+def test_spconv_backbone_output_grid_equals_running_it(config):
+    """The detector sizes its BEV map from `output_grid` (no spconv call at build time); spconv agrees."""
+    from pathlib import Path
+
+    from pc3d.config import load_config
+    from pc3d.models.detector import Detector
+    from pc3d.structures import SparseVoxels
+
+    pytest.importorskip("spconv.pytorch")
+    model = Detector.from_config(load_config(Path(__file__).resolve().parents[2] / config))
+    nz, ny, nx = model.voxelizer.spatial_shape
+    coords = torch.tensor([[0, 0, 0, 0], [0, nz - 1, ny - 1, nx - 1], [0, nz // 2, ny // 2, nx // 2]], dtype=torch.int32)
+    voxels = SparseVoxels(torch.randn(3, model.backbone_3d.in_channels), coords, (nz, ny, nx), 1,
+                          model.voxelizer.voxel_size, model.voxelizer.point_range)
+    with torch.no_grad():
+        out = model.backbone_3d.eval()(voxels)
+    assert tuple(out.spatial_shape) == model.backbone_3d.output_grid((nz, ny, nx))

@@ -1,5 +1,6 @@
 """Sparse-convolution residual backbone (CenterPoint's VoxelNet `SpMiddleResNetFHD` /
-OpenPCDet's `VoxelResBackBone8x`) on spconv, usable on a CPU-only torch via `pc3d.models.spconv_cpu`.
+OpenPCDet's `VoxelResBackBone8x`) on spconv, usable on a CPU-only torch via `pc3d.models.spconv_cpu`, or on
+spconv-triton on GPUs without a spconv wheel (`pc3d.models.sparse_conv`).
 
 Layout (channels `(c1, c2, c3, c4)`, default (16, 32, 64, 128)):
     SubM 3x3x3 -> c1 ; 2 residual blocks (c1)
@@ -11,9 +12,9 @@ For pillar-like inputs (nz < 8) use `last_z_padding=1, z_down=False`.
 """
 from __future__ import annotations
 
-import pc3d.models.spconv_cpu  # noqa: F401  (patches spconv's CPU backward on import)
-import spconv.pytorch as spconv
 from torch import nn
+
+from pc3d.models.sparse_conv import spconv  # spconv.pytorch, or spconv_triton.pytorch (PC3D_SPCONV)
 
 from pc3d.structures import SparseVoxels
 
@@ -58,6 +59,7 @@ class SparseResNetBackbone(nn.Module):
         c1, c2, c3, c4 = as_int_tuple(channels, 4, "channels")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels) if z_down else c4
         self.z_down = bool(z_down)
+        self.last_z_padding = int(last_z_padding)
         self.conv_input = spconv.SparseSequential(
             spconv.SubMConv3d(in_channels, c1, 3, padding=1, bias=False, indice_key="subm1"), _bn(c1), nn.ReLU())
 
@@ -70,6 +72,17 @@ class SparseResNetBackbone(nn.Module):
         self.conv4 = spconv.SparseSequential(_down(c3, c4, 3, 2, (last_z_padding, 1, 1), "spconv4"),
                                              *blocks(c4, "res4"))
         self.conv_out = _down(c4, out_channels, (3, 1, 1), (2, 1, 1), 0, "spconv_down2") if z_down else None
+
+    def output_grid(self, spatial_shape) -> tuple[int, int, int]:
+        """Output `(nz, ny, nx)` for an input grid, by spconv's size rule `(n + 2p - k) // s + 1`, without running
+        the network (the detector's build-time probe would run it on the CPU, where spconv-triton cannot)."""
+        shape = [int(n) for n in spatial_shape]
+        downs = [((3, 3, 3), (2, 2, 2), (1, 1, 1))] * 2 + [((3, 3, 3), (2, 2, 2), (self.last_z_padding, 1, 1))]
+        if self.conv_out is not None:
+            downs.append(((3, 1, 1), (2, 1, 1), (0, 0, 0)))
+        for kernel, stride, padding in downs:
+            shape = [(n + 2 * p - k) // st + 1 for n, k, st, p in zip(shape, kernel, stride, padding)]
+        return tuple(shape)
 
     def forward(self, voxels: SparseVoxels) -> SparseVoxels:
         check_voxels(voxels, self.in_channels, type(self).__name__)

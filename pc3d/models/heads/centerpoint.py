@@ -204,9 +204,10 @@ class CenterPointHead(nn.Module):
                 per_sample[sample].append(result)
         out = []
         for parts in per_sample:
-            boxes = torch.cat([p[0] for p in parts]).cpu()
-            scores = torch.cat([p[1] for p in parts]).cpu()
-            labels = torch.cat([p[2] for p in parts]).cpu()
+            # Boxes stay on the head's device: callers that need host tensors move them (evaluation does).
+            boxes = torch.cat([p[0] for p in parts])
+            scores = torch.cat([p[1] for p in parts])
+            labels = torch.cat([p[2] for p in parts])
             out.append(Boxes3D(boxes, labels, self.class_names, scores))
         return out
 

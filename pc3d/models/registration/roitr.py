@@ -382,17 +382,19 @@ class RoITrRegistration(Registration):
     for FPFH; `icp=False` gives the matcher's own pose). `verify` > 1 (with `icp`): the pose is chosen among
     that many distinct hypotheses (`RoITr.verification_hypotheses`: the `pose` estimate, RANSAC's, then LGR's
     per-patch poses, from every mutual match) by `refine.verify_hypotheses`; 0 or 1 refines the `pose` estimate
-    alone. Reported correspondences and inliers are always those above `config.confidence_threshold`."""
+    alone. Reported correspondences and inliers are always those above `config.confidence_threshold`.
+    `device`: where the network runs (inputs are prepared on the CPU, results come back to it)."""
 
     name = "roitr"
 
     def __init__(self, model: RoITr, pose: str = "lgr", num_points: int | None = None, icp: bool = True,
-                 voxel_size: float = 0.05, verify: int = 8):
+                 voxel_size: float = 0.05, verify: int = 8, device: str | torch.device = "cpu"):
         if pose not in ("lgr", "svd", "ransac"):
             raise ValueError(f"pose: expected 'lgr', 'svd' or 'ransac', got {pose!r}")
         if not voxel_size > 0:
             raise ValueError(f"voxel_size: must be positive, got {voxel_size}")
-        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.pose = pose
         self.num_points = int(num_points or model.config.num_points)
         if isinstance(verify, bool) or not isinstance(verify, (int, np.integer)) or verify < 0:
@@ -404,8 +406,9 @@ class RoITrRegistration(Registration):
 
     @classmethod
     def from_checkpoint(cls, ckpt=None, pose: str = "lgr", num_points: int | None = None, icp: bool = True,
-                        voxel_size: float = 0.05, verify: int = 8) -> "RoITrRegistration":
-        return cls(load_checkpoint(ckpt or DEFAULT_CHECKPOINT), pose, num_points, icp, voxel_size, verify)
+                        voxel_size: float = 0.05, verify: int = 8,
+                        device: str | torch.device = "cpu") -> "RoITrRegistration":
+        return cls(load_checkpoint(ckpt or DEFAULT_CHECKPOINT), pose, num_points, icp, voxel_size, verify, device)
 
     def register(self, src, ref) -> RegistrationResult:
         src = validate_cloud(src, "src")
@@ -414,6 +417,7 @@ class RoITrRegistration(Registration):
         cfg = self.model.config
         sx, sn, s_idx = prepare_cloud(src, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
         rx, rn, r_idx = prepare_cloud(ref, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
+        sx, sn, rx, rn = (t.to(self.device) for t in (sx, sn, rx, rn))
         with torch.no_grad():
             out = self.model(sx, sn, rx, rn)
             matches = self.model.match(out)
@@ -431,14 +435,14 @@ class RoITrRegistration(Registration):
             from .refine import refine_icp
             transform, extra["icp_fitness"] = refine_icp(src, ref, transform, self.voxel_size)
         if self.icp:  # count inliers under the returned transform
-            sp, rp = matches["src_points"].double().numpy(), matches["ref_points"].double().numpy()
+            sp, rp = matches["src_points"].double().cpu().numpy(), matches["ref_points"].double().cpu().numpy()
             inliers = np.linalg.norm(sp @ transform[:3, :3].T + transform[:3, 3] - rp, axis=1) < cfg.inlier_threshold
         fl = cfg.fine_level
         s_map, r_map = s_idx, r_idx
         for l in range(1, fl + 1):  # fine-level indices -> input indices
-            s_map = s_map[out.src_pyramid.sample_index[l]]
-            r_map = r_map[out.ref_pyramid.sample_index[l]]
-        corr = torch.stack([s_map[matches["src_index"]], r_map[matches["ref_index"]]], 1).cpu().numpy().astype(np.int64)
+            s_map = s_map[out.src_pyramid.sample_index[l].cpu()]
+            r_map = r_map[out.ref_pyramid.sample_index[l].cpu()]
+        corr = torch.stack([s_map[matches["src_index"].cpu()], r_map[matches["ref_index"].cpu()]], 1).numpy().astype(np.int64)
         seconds = time.perf_counter() - start
         return RegistrationResult(np.asarray(transform, dtype=np.float64), int(np.asarray(inliers).sum()), seconds, corr,
                                   extra)
