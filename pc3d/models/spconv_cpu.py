@@ -10,6 +10,8 @@ Importing this module applies the patch once (idempotent) and only when CUDA is 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 _PATCHED_ATTR = "_pc3d_cpu_stream_patch"
@@ -39,3 +41,21 @@ def apply_spconv_cpu_patch() -> bool:
 
 
 SPCONV_CPU_PATCHED = apply_spconv_cpu_patch()
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """Run spconv on the CPU with one intra-op thread, restoring the caller's count afterwards.
+
+    spconv 2.3.8's CPU kernels give wrong, non-deterministic results with more than one thread (checked
+    against a brute-force convolution), so pc3d never runs them multi-threaded; on CUDA this is a no-op.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
