@@ -1,14 +1,12 @@
-"""DSVT (Haiyang-W/DSVT, an OpenPCDet fork) configs and checkpoints -> pc3d.
+"""DSVT (Haiyang-W/DSVT, an OpenPCDet fork) modules -> pc3d, registered in the "openpcdet" family.
 
-Two translations, both pure functions of their input:
-- `convert_config(model_cfg, class_names, point_cloud_range, voxel_size, point_features)`: the reference
-  YAML's `MODEL` section (`DynPillarVFE3D`, `DSVT`, `PointPillarScatter3d`, `BaseBEVResBackbone`,
-  `CenterHead`) -> a pc3d config `{"dataset": ..., "model": ...}` that computes what the reference
-  computes (its reference-parity options set, see docs/reference_parity.md);
-- `convert_state_dict(state)`: the reference's `model_state` (keys `vfe.`, `backbone_3d.`, `backbone_2d.`,
-  `dense_head.`) -> pc3d's `Detector` state_dict.
-Per-section converters (`*_section`) and key maps (`*_keys`) serve the stage fixtures. Anything the
-translation does not know is an error naming the module / keys and what is supported.
+DSVT's YAML and checkpoints have OpenPCDet's layout (`MODEL.NAME: CenterPoint`, keys `vfe.`, `backbone_3d.`,
+`backbone_2d.`, `dense_head.`), so `tools/convert_checkpoint.py --from openpcdet` converts them once the
+modules below are known: `DynPillarVFE3D`, `DSVT`, `PointPillarScatter3d`, `BaseBEVResBackbone`
+(`CenterHead` and the `CenterPoint` detector are OpenPCDet's, in pc3d/compat/openpcdet.py).
+Each converted section turns on the pc3d options that compute what the reference computes
+(docs/reference_parity.md, "DSVT"); anything the translation does not know is a `ConversionError`
+naming the module / keys and what is supported.
 """
 from __future__ import annotations
 
@@ -18,17 +16,15 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-REPO = "Haiyang-W/DSVT"
+from pc3d.compat import stages
+from pc3d.compat.registry import ConversionError, StageConverter
+
+FAMILY = "openpcdet"
+REPOS = ("Haiyang-W/DSVT",)
+REPO = REPOS[0]
 SUPPORTED = {"VFE": ("DynPillarVFE3D",), "BACKBONE_3D": ("DSVT",), "MAP_TO_BEV": ("PointPillarScatter3d",),
-             "BACKBONE_2D": ("BaseBEVResBackbone",), "DENSE_HEAD": ("CenterHead",)}
-# reference head branch -> pc3d HeadPrediction field
-HEAD_BRANCHES = {"hm": "heatmap", "center": "offset", "center_z": "height", "dim": "size", "rot": "heading",
-                 "vel": "velocity", "iou": "iou"}
+             "BACKBONE_2D": ("BaseBEVResBackbone",)}
 REFERENCE_PI = 3.1415  # DSVT's normalize_pos constant
-
-
-class ConversionError(ValueError):
-    """A reference config or checkpoint that pc3d cannot translate (the message says what and why)."""
 
 
 def _need(section: Mapping, key: str, where: str):
@@ -128,7 +124,7 @@ def map_to_bev_section(section: Mapping, in_channels: int | None = None) -> dict
     if in_channels is not None and bev != in_channels * nz:
         raise ConversionError(f"MODEL.MAP_TO_BEV.NUM_BEV_FEATURES {bev} != backbone width {in_channels} x nz {nz}")
     # PointPillarScatter3d stacks z layers channel-major (c * nz + z), which is pc3d's height compression
-    return {"type": "scatter" if nz == 1 else "height_compression"}
+    return {"type": "scatter" if nz == 1 else "height_compression", "spatial_shape": [nz, ny, nx]}
 
 
 def backbone_2d_section(section: Mapping) -> dict:
@@ -145,89 +141,6 @@ def backbone_2d_section(section: Mapping) -> dict:
             "project_first": True}
 
 
-def dense_head_section(section: Mapping, class_names: Sequence[str]) -> dict:
-    _check_name(section, "DENSE_HEAD")
-    where = "MODEL.DENSE_HEAD"
-    if section.get("CLASS_AGNOSTIC", False):
-        raise ConversionError(f"{where}.CLASS_AGNOSTIC: True is not supported")
-    if section.get("USE_BIAS_BEFORE_NORM", False):
-        raise ConversionError(f"{where}.USE_BIAS_BEFORE_NORM: True is not supported by the DSVT converter")
-    if float(section.get("BN_EPS", 1e-5)) != 1e-3:
-        raise ConversionError(f"{where}.BN_EPS {section.get('BN_EPS', 1e-5)}: pc3d's head uses BatchNorm eps 1e-3")
-    if int(section.get("UPSAMPLE", 1)) != 1:
-        raise ConversionError(f"{where}.UPSAMPLE > 1 is not supported")
-    head_dict = dict(section["SEPARATE_HEAD_CFG"]["HEAD_DICT"])
-    unknown = set(head_dict) - set(HEAD_BRANCHES)
-    if unknown:
-        raise ConversionError(f"{where}.SEPARATE_HEAD_CFG.HEAD_DICT: unsupported branches {sorted(unknown)} "
-                              f"(supported: {sorted(HEAD_BRANCHES)})")
-    widths = {"center": 2, "center_z": 1, "dim": 3, "rot": 2, "vel": 2, "iou": 1}
-    for name, spec in head_dict.items():
-        if int(spec["out_channels"]) != widths[name]:
-            raise ConversionError(f"{where}: branch {name!r} has {spec['out_channels']} outputs, pc3d needs {widths[name]}")
-    convs = {int(spec["num_conv"]) for spec in head_dict.values()} | {int(section.get("NUM_HM_CONV", 2))}
-    if len(convs) != 1:
-        raise ConversionError(f"{where}: branches with different num_conv {sorted(convs)} are not supported")
-    groups = [[c for c in g if c in class_names] for g in section["CLASS_NAMES_EACH_HEAD"]]
-    post = section["POST_PROCESSING"]
-    nms_cfg = post["NMS_CONFIG"]
-    nms_type = nms_cfg["NMS_TYPE"]
-    if nms_type == "multi_class_nms":
-        nms = {"type": "rotated", "iou_threshold": [float(t) for t in nms_cfg["NMS_THRESH"]]}
-    elif nms_type == "nms_gpu":
-        nms = {"type": "rotated", "iou_threshold": float(nms_cfg["NMS_THRESH"])}
-    else:
-        raise ConversionError(f"{where}.POST_PROCESSING.NMS_CONFIG.NMS_TYPE {nms_type!r}: supported are "
-                              "multi_class_nms, nms_gpu")
-    iou = None
-    if "iou" in head_dict:
-        rect = post.get("IOU_RECTIFIER") if post.get("USE_IOU_TO_RECTIFY_SCORE", False) else None
-        iou = [float(a) for a in rect] if rect is not None else [0.0] * len(class_names)
-        if len(iou) != len(class_names):
-            raise ConversionError(f"{where}.POST_PROCESSING.IOU_RECTIFIER needs one value per class, got {rect}")
-    target = section.get("TARGET_ASSIGNER_CONFIG", {})
-    weights = section.get("LOSS_CONFIG", {}).get("LOSS_WEIGHTS", {})
-    out = {"type": "centerpoint", "class_groups": groups, "feature_stride": int(target.get("FEATURE_MAP_STRIDE", 1)),
-           "shared_channels": int(section["SHARED_CONV_CHANNEL"]), "num_conv": convs.pop(),
-           "heatmap": {"min_radius": int(target.get("MIN_RADIUS", 2)),
-                       "gaussian_overlap": float(target.get("GAUSSIAN_OVERLAP", 0.1)),
-                       "max_objs": int(target.get("NUM_MAX_OBJS", 500))},
-           "regression": {"offset": 2, "height": 1, "size": 3, "heading": 2, "velocity": 2 if "vel" in head_dict else 0},
-           "iou_rectification": iou if iou is not None else False,
-           "loss_weights": {"heatmap": float(weights.get("cls_weight", 1.0)),
-                            "regression": float(weights.get("loc_weight", 2.0))},
-           # the reference keeps the top MAX_OBJ_PER_SAMPLE peaks of each class group, then thresholds
-           "decode": {"score_threshold": float(post["SCORE_THRESH"]), "pre_max_size": int(post["MAX_OBJ_PER_SAMPLE"]),
-                      "post_max_size": int(post["MAX_OBJ_PER_SAMPLE"]),
-                      "post_center_range": [float(v) for v in post["POST_CENTER_LIMIT_RANGE"]], "nms": nms}}
-    if "code_weights" in weights:
-        out["loss_weights"]["code_weights"] = [float(w) for w in weights["code_weights"]]
-    return out
-
-
-def convert_config(model_cfg: Mapping, class_names: Sequence[str], point_cloud_range: Sequence[float],
-                   voxel_size: Sequence[float], point_features: Sequence[str]) -> dict:
-    """Reference `MODEL` section (+ CLASS_NAMES, POINT_CLOUD_RANGE, VOXEL_SIZE) -> pc3d config dict."""
-    known = {"NAME", "VFE", "BACKBONE_3D", "MAP_TO_BEV", "BACKBONE_2D", "DENSE_HEAD", "POST_PROCESSING"}
-    unknown = set(model_cfg) - known
-    if unknown:
-        raise ConversionError(f"MODEL: unsupported sections {sorted(unknown)} (supported: {sorted(known)})")
-    for kind in SUPPORTED:
-        if kind not in model_cfg:
-            raise ConversionError(f"MODEL.{kind} is missing; the DSVT converter needs {list(SUPPORTED)}")
-    pcr = [float(v) for v in point_cloud_range]
-    vs = [float(v) for v in voxel_size]
-    check_sparse_shape(model_cfg["BACKBONE_3D"], pcr, vs)
-    vfe = vfe_section(model_cfg["VFE"], vs, pcr)
-    backbone = backbone_3d_section(model_cfg["BACKBONE_3D"], vfe["channels"][-1])
-    model = {"voxelization": {"voxel_size": vs, "point_range": pcr, "mode": "dynamic"}, "vfe": vfe,
-             "backbone_3d": backbone, "to_bev": map_to_bev_section(model_cfg["MAP_TO_BEV"], backbone["dims"][-1]),
-             "backbone_2d": backbone_2d_section(model_cfg["BACKBONE_2D"]),
-             "head": dense_head_section(model_cfg["DENSE_HEAD"], class_names)}
-    return {"dataset": {"class_names": list(class_names), "point_features": list(point_features),
-                        "point_range": pcr}, "model": model}
-
-
 # ---------------------------------------------------------------- state dicts
 Rule = tuple[str, str, Callable | None]
 
@@ -236,11 +149,6 @@ def _qkv(index: int):
     def take(t: torch.Tensor) -> torch.Tensor:
         return t.chunk(3, dim=0)[index].clone()
     return take
-
-
-def _swap_cos_sin(t: torch.Tensor) -> torch.Tensor:
-    """The reference's `rot` branch is (cos, sin); pc3d's `heading` branch is (sin, cos)."""
-    return t[[1, 0]].clone()
 
 
 def _attention_rules(src: str, dst: str) -> list[Rule]:
@@ -279,20 +187,6 @@ BACKBONE_2D_RULES: list[Rule] = [
 ]
 
 
-def head_rules(num_conv: int) -> list[Rule]:
-    """CenterHead -> CenterPointHead; the reference's branch `k` (Sequential(conv, bn, relu)) is pc3d's
-    flat layers 3k, 3k+1; its last conv (index num_conv - 1) is pc3d's layer 3 (num_conv - 1)."""
-    rules: list[Rule] = [(r"shared_conv\.([01])\." + _BN, r"shared.\1.\2", None)]
-    last = num_conv - 1
-    for ref, ours in HEAD_BRANCHES.items():
-        for k in range(last):
-            rules.append((rf"heads_list\.(\d+)\.{ref}\.{k}\.0\.weight", rf"groups.\1.{ours}.{3 * k}.weight", None))
-            rules.append((rf"heads_list\.(\d+)\.{ref}\.{k}\.1\." + _BN, rf"groups.\1.{ours}.{3 * k + 1}.\2", None))
-        fix = _swap_cos_sin if ref == "rot" else None
-        rules.append((rf"heads_list\.(\d+)\.{ref}\.{last}\.(weight|bias)", rf"groups.\1.{ours}.{3 * last}.\2", fix))
-    return rules
-
-
 def map_keys(state: Mapping[str, torch.Tensor], rules: Sequence[Rule], where: str) -> dict[str, torch.Tensor]:
     """Apply every matching rule to every key (a packed q/k/v tensor matches three); a key no rule
     matches, or two keys landing on one pc3d key, is an error naming them."""
@@ -312,48 +206,87 @@ def map_keys(state: Mapping[str, torch.Tensor], rules: Sequence[Rule], where: st
     return out
 
 
-PREFIXES = {"vfe": ("vfe", VFE_RULES), "backbone_3d": ("backbone_3d", BACKBONE_3D_RULES),
-            "backbone_2d": ("backbone_2d", BACKBONE_2D_RULES), "dense_head": ("head", None)}
 
 
-def convert_state_dict(state: Mapping[str, torch.Tensor], num_conv: int = 2,
-                       sections: Sequence[str] = ("vfe", "backbone_3d", "backbone_2d", "dense_head")) -> dict:
-    """Reference `model_state` (OpenPCDet prefixes) -> pc3d state_dict (prefixes `vfe.`, `backbone_3d.`,
-    `backbone_2d.`, `head.`). Keys outside `sections` are an error."""
-    if "model_state" in state and isinstance(state["model_state"], Mapping):
-        state = state["model_state"]
-    out: dict[str, torch.Tensor] = {}
-    by_section: dict[str, dict] = {s: {} for s in sections}
-    stray = []
-    for key, value in state.items():
-        head, _, rest = key.partition(".")
-        if head in by_section:
-            by_section[head][rest] = value
-        else:
-            stray.append(key)
-    if stray:
-        raise ConversionError(f"checkpoint keys outside the supported modules {list(sections)}: {stray[:8]}")
-    for section, sub in by_section.items():
-        prefix, rules = PREFIXES[section]
-        rules = head_rules(num_conv) if rules is None else rules
-        for k, v in map_keys(sub, rules, f"checkpoint {section}").items():
-            out[f"{prefix}.{k}"] = v
-    return out
+# ---------------------------------------------------------------- stage converters
+def _weights(rules: Sequence[Rule], who: str):
+    def convert(state, cfg, ctx):
+        return map_keys(state, rules, who)
+    return convert
 
 
-def check_against(model: torch.nn.Module, converted: Mapping[str, torch.Tensor], where: str) -> None:
-    """Every pc3d key filled and every shape equal, or one error listing what is missing / mismatched."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(converted))
-    extra = sorted(set(converted) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in converted and tuple(own[k].shape) != tuple(converted[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"pc3d keys not filled by the checkpoint: {missing[:8]}")
-    if extra:
-        problems.append(f"converted keys the pc3d model lacks: {extra[:8]}")
-    if shapes:
-        problems.append("shape mismatches: " + "; ".join(shapes[:8]))
-    if problems:
-        raise ConversionError(f"{where}: " + " | ".join(problems))
+def _no_weights(state, cfg, ctx):
+    if state:
+        raise ConversionError(f"PointPillarScatter3d has no weights but the checkpoint has {sorted(state)[:8]}")
+    return {}
+
+
+def _vfe_config(cfg, state, ctx):
+    ctx.need("voxel_size", "point_cloud_range", who="VFE DynPillarVFE3D")
+    return {"vfe": vfe_section(cfg, ctx.voxel_size, ctx.point_cloud_range), "voxelization": {"mode": "dynamic"}}
+
+
+def _vfe_run(module, inputs, cfg, ctx):
+    from pc3d.models.vfe import Voxelizer
+    stages.need_inputs(inputs, ("points",), "DynPillarVFE3D")
+    voxelized = Voxelizer(ctx.voxel_size, ctx.point_cloud_range, "dynamic")(inputs["points"].float(),
+                                                                            stages.batch_size_of(inputs))
+    return {"voxel_features": module(voxelized), "voxel_coords": voxelized.coords}
+
+
+def _dsvt_config(cfg, state, ctx):
+    if ctx.voxel_size is not None and ctx.point_cloud_range is not None:
+        check_sparse_shape(cfg, ctx.point_cloud_range, ctx.voxel_size)
+    # inside a whole detector the input width is the VFE's, which the reference requires to be d_model[0]
+    width = ctx.input_channels if ctx.input_channels is not None else int(cfg["d_model"][0])
+    return {"backbone_3d": backbone_3d_section(cfg, width)}
+
+
+def _dsvt_build(cfg, ctx, inputs):
+    from pc3d.models.backbones_3d import build_backbone_3d
+    return build_backbone_3d(cfg["backbone_3d"])
+
+
+def _dsvt_run(module, inputs, cfg, ctx):
+    stages.need_inputs(inputs, ("voxel_features", "voxel_coords"), "DSVT")
+    ctx.need("grid_size", who="DSVT")  # the input layer's sparse_shape, checked against it in _dsvt_config
+    voxels = stages.sparse_voxels(inputs["voxel_features"], inputs["voxel_coords"], ctx.pc3d_spatial_shape,
+                                  stages.batch_size_of(inputs), ctx)
+    out = module(voxels)
+    return {"voxel_features": out.features, "voxel_coords": out.coords}
+
+
+def _scatter_config(cfg, state, ctx):
+    return {"to_bev": map_to_bev_section(cfg)}
+
+
+def _scatter_build(cfg, ctx, inputs):
+    from pc3d.models.to_bev import build_to_bev
+    stages.need_inputs(inputs, ("pillar_features",), "PointPillarScatter3d")
+    return build_to_bev(cfg["to_bev"], int(inputs["pillar_features"].shape[1]), None)
+
+
+def _scatter_run(module, inputs, cfg, ctx):
+    stages.need_inputs(inputs, ("pillar_features", "voxel_coords"), "PointPillarScatter3d")
+    voxels = stages.sparse_voxels(inputs["pillar_features"], inputs["voxel_coords"], module.spatial_shape,
+                                  stages.batch_size_of(inputs), ctx)
+    return {"spatial_features": module(voxels)}
+
+
+def _bev_run(module, inputs, cfg, ctx):
+    stages.need_inputs(inputs, ("spatial_features",), "BaseBEVResBackbone")
+    return {"spatial_features_2d": module(inputs["spatial_features"].float())}
+
+
+CONVERTERS = {
+    "DynPillarVFE3D": StageConverter("DynPillarVFE3D", "VFE", "vfe.", "vfe", _vfe_config,
+                                     _weights(VFE_RULES, "VFE DynPillarVFE3D"), stages.build_vfe, _vfe_run),
+    "DSVT": StageConverter("DSVT", "BACKBONE_3D", "backbone_3d.", "backbone_3d", _dsvt_config,
+                           _weights(BACKBONE_3D_RULES, "BACKBONE_3D DSVT"), _dsvt_build, _dsvt_run),
+    "PointPillarScatter3d": StageConverter("PointPillarScatter3d", "MAP_TO_BEV", "map_to_bev_module.", "to_bev",
+                                           _scatter_config, _no_weights, _scatter_build, _scatter_run),
+    "BaseBEVResBackbone": StageConverter("BaseBEVResBackbone", "BACKBONE_2D", "backbone_2d.", "backbone_2d",
+                                         lambda cfg, state, ctx: {"backbone_2d": backbone_2d_section(cfg)},
+                                         _weights(BACKBONE_2D_RULES, "BACKBONE_2D BaseBEVResBackbone"),
+                                         stages.build_backbone_2d, _bev_run),
+}

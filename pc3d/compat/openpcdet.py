@@ -12,6 +12,7 @@ option that computes what OpenPCDet computes (docs/reference_parity.md lists eac
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -159,7 +160,8 @@ HEAD_NAMES = {"hm": "heatmap", "center": "offset", "center_z": "height", "dim": 
               "vel": "velocity", "iou": "iou"}
 _HEAD_KEYS = {"NAME", "CLASS_AGNOSTIC", "CLASS_NAMES_EACH_HEAD", "SHARED_CONV_CHANNEL", "USE_BIAS_BEFORE_NORM",
               "NUM_HM_CONV", "SEPARATE_HEAD_CFG", "TARGET_ASSIGNER_CONFIG", "LOSS_CONFIG", "POST_PROCESSING",
-              "BN_EPS", "BN_MOM"}
+              "BN_EPS", "BN_MOM",
+              "IOU_REG_LOSS"}  # DSVT: an extra IoU-based box regression loss in training; inference is unaffected
 
 
 def _head_config(cfg, state, ctx):
@@ -208,19 +210,30 @@ def _head_config(cfg, state, ctx):
 def _decode_config(post: dict, who: str) -> dict:
     nms = post.get("NMS_CONFIG", {})
     kind = nms.get("NMS_TYPE", "nms_gpu")
+    max_obj = int(post.get("MAX_OBJ_PER_SAMPLE", 500))
+    pre, post_max = nms.get("NMS_PRE_MAXSIZE", 4096), nms.get("NMS_POST_MAXSIZE", 500)
+    if kind == "multi_class_nms":
+        # DSVT's per-class NMS (lists per class): pc3d keeps one pre / post size, exact when no per-class cap
+        # can bind, i.e. every cap >= the MAX_OBJ_PER_SAMPLE peaks a class group decodes to
+        if min(int(v) for v in pre) < max_obj or min(int(v) for v in post_max) < max_obj:
+            raise ConversionError(f"{who}: multi_class_nms with NMS_PRE_MAXSIZE {pre} / NMS_POST_MAXSIZE {post_max} "
+                                  f"below MAX_OBJ_PER_SAMPLE {max_obj} is not supported (pc3d caps per class group)")
+        pre, post_max = max_obj, max_obj
     decode = {"score_threshold": float(post.get("SCORE_THRESH", 0.1)),
               # OpenPCDet keeps the top MAX_OBJ_PER_SAMPLE peaks, then NMS takes its top NMS_PRE_MAXSIZE of those
-              "pre_max_size": min(int(post.get("MAX_OBJ_PER_SAMPLE", 500)), int(nms.get("NMS_PRE_MAXSIZE", 4096))),
-              "post_max_size": int(nms.get("NMS_POST_MAXSIZE", 500)),
+              "pre_max_size": min(max_obj, int(pre)),
+              "post_max_size": int(post_max),
               "post_center_range": [float(v) for v in post["POST_CENTER_LIMIT_RANGE"]],
               "size_clamp": None}
     if kind in ("nms_gpu", "nms_cpu"):
         decode["nms"] = {"type": "rotated", "iou_threshold": float(nms["NMS_THRESH"])}
-    elif kind == "class_specific_nms":
+    elif kind in ("class_specific_nms", "multi_class_nms"):
+        # multi_class_nms (DSVT) runs mmdet3d's BEV NMS per class; pc3d runs its own rotated NMS per class
         thresh = nms["NMS_THRESH"]
         decode["nms"] = {"type": "rotated", "iou_threshold": [float(t) for t in thresh] if isinstance(thresh, (list, tuple)) else float(thresh)}
     else:
-        raise ConversionError(f"{who}: NMS_TYPE {kind!r} not supported (nms_gpu, nms_cpu, class_specific_nms)")
+        raise ConversionError(f"{who}: NMS_TYPE {kind!r} not supported (nms_gpu, nms_cpu, class_specific_nms, "
+                              "multi_class_nms)")
     DecodeConfig.from_dict(decode)  # validate now: errors name the head, not a later build
     return decode
 
@@ -267,13 +280,26 @@ def _head_run(module, inputs, cfg, ctx):
 
 
 # ---- CenterPoint (whole detector) --------------------------------------------------------------------------
+def _box_dicts(boxes) -> list[dict]:
+    return [{"pred_boxes": b.boxes.float(), "pred_scores": b.scores.float(), "pred_labels": b.labels.long() + 1}
+            for b in boxes]  # OpenPCDet labels count from 1
+
+
 def _detector_run(module, inputs, cfg, ctx):
-    voxelized = stages.hard_voxels(inputs, "CenterPoint")
+    if "points" in inputs:  # dynamic-voxel detectors (DSVT's DynPillarVFE3D) read the raw points
+        voxelized = module.voxelizer(inputs["points"].float(), stages.batch_size_of(inputs))
+    else:
+        voxelized = stages.hard_voxels(inputs, "CenterPoint")
     predictions = module.forward_voxels(voxelized)
-    boxes = module.decode(predictions, voxelized)
-    final = [{"pred_boxes": b.boxes.float(), "pred_scores": b.scores.float(), "pred_labels": b.labels.long() + 1}
-             for b in boxes]  # OpenPCDet labels count from 1
-    return {"pred_dicts": _head_outputs(predictions), "final_box_dicts": final}
+    final = _box_dicts(module.decode(predictions, voxelized))
+    # the decoded boxes before NMS (for fixtures whose NMS is not the reference's: NMS by pc3d on the CPU)
+    with_nms = module.head.decode_cfg
+    module.head.decode_cfg = dataclasses.replace(with_nms, nms_type="none")
+    try:
+        decoded = _box_dicts(module.decode(predictions, voxelized))
+    finally:
+        module.head.decode_cfg = with_nms
+    return {"pred_dicts": _head_outputs(predictions), "final_box_dicts": final, "decoded_box_dicts": decoded}
 
 
 CONVERTERS = {
@@ -337,7 +363,9 @@ def reference_context(cfg_path, ref: dict | None = None) -> tuple[dict, RefConte
     data = _data_config(cfg_path, ref["DATA_CONFIG"])
     if "POINT_CLOUD_RANGE" not in data:
         raise ConversionError(f"{cfg_path}: DATA_CONFIG.POINT_CLOUD_RANGE missing")
-    voxel = next((p for p in data.get("DATA_PROCESSOR", []) if p.get("NAME") == "transform_points_to_voxels"), None)
+    # DSVT voxelizes in its VFE and names the step transform_points_to_voxels_placeholder (VOXEL_SIZE only)
+    voxel = next((p for p in data.get("DATA_PROCESSOR", []) if p.get("NAME") in
+                  ("transform_points_to_voxels", "transform_points_to_voxels_placeholder")), None)
     if voxel is None:
         raise ConversionError(f"{cfg_path}: DATA_CONFIG.DATA_PROCESSOR has no transform_points_to_voxels "
                               "(its VOXEL_SIZE is needed)")

@@ -24,6 +24,7 @@ from torch import nn
 # One line per converter file. Order matters only for error messages.
 CONVERTER_MODULES = (
     "pc3d.compat.openpcdet",
+    "pc3d.compat.dsvt",
 )
 
 # pc3d Detector attribute of each stage, in pipeline order
