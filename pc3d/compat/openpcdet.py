@@ -228,9 +228,13 @@ def _decode_config(post: dict, who: str) -> dict:
     if kind in ("nms_gpu", "nms_cpu"):
         decode["nms"] = {"type": "rotated", "iou_threshold": float(nms["NMS_THRESH"])}
     elif kind in ("class_specific_nms", "multi_class_nms"):
-        # multi_class_nms (DSVT) runs mmdet3d's BEV NMS per class; pc3d runs its own rotated NMS per class
         thresh = nms["NMS_THRESH"]
         decode["nms"] = {"type": "rotated", "iou_threshold": [float(t) for t in thresh] if isinstance(thresh, (list, tuple)) else float(thresh)}
+        if kind == "multi_class_nms":
+            # DSVT's multi_class_nms hands mmdet3d's BEV NMS (x1, y1, x2, y2, pi/2 - yaw) without exchanging the
+            # sizes: its IoU is that of boxes turned 90 degrees about their centres. pc3d's rotated NMS on
+            # the boxes with length and width exchanged computes the same IoU (swap_dims: false = true IoU).
+            decode["nms"]["swap_dims"] = True
     else:
         raise ConversionError(f"{who}: NMS_TYPE {kind!r} not supported (nms_gpu, nms_cpu, class_specific_nms, "
                               "multi_class_nms)")

@@ -57,6 +57,22 @@ def test_each_parity_option_matters(monkeypatch, option, value, kind):
     assert diffs(FIXTURES / f"dsvt_{kind}_backbone_3d.pt")["voxel_features"] > 1e-2
 
 
+def test_reference_nms_geometry_matters(monkeypatch):
+    """DSVT's multi_class_nms measures IoU on boxes with length and width exchanged (converted: swap_dims);
+    pc3d's true rotated IoU keeps other boxes on the fixture."""
+    from pc3d.compat import openpcdet
+
+    assert diffs(FIXTURES / "dsvt_p_detector.pt")["final_box_dicts[0].pred_boxes"] <= TOLERANCE
+    original = openpcdet._decode_config
+
+    def true_iou(post, who):
+        decode = original(post, who)
+        decode["nms"]["swap_dims"] = False
+        return decode
+    monkeypatch.setattr(openpcdet, "_decode_config", true_iou)
+    assert math.isinf(diffs(FIXTURES / "dsvt_p_detector.pt")["final_box_dicts[0].pred_boxes"])
+
+
 @pytest.mark.parametrize("order", ["xyz", "zyx"])
 def test_pooled_voxel_order(order, monkeypatch):
     """Converted DSVT-V emits pooled voxels in the reference's (batch, x, y, z) order; pc3d's default is z-major."""

@@ -15,7 +15,10 @@ class DecodeConfig:
     iou_threshold: rotated BEV IoU threshold; circle_radius: metres (circle NMS);
     iou_rectifier: per-class alpha in `score^(1-a) * iou^a` (None disables);
     post_center_range: `(x_min, y_min, z_min, x_max, y_max, z_max)` for decoded centres (None: off);
-    size_clamp: cap on the log-size codes before `exp` (None: no cap, OpenPCDet's decode)."""
+    size_clamp: cap on the log-size codes before `exp` (None: no cap, OpenPCDet's decode);
+    nms_swap_dims: NMS measures the BEV IoU of every box with its length and width exchanged (DSVT's
+    `multi_class_nms`: mmdet3d's BEV NMS fed `pi/2 - yaw` without swapping the sizes turns each box by 90
+    degrees about its centre); the decoded boxes themselves are unchanged. False: the true rotated IoU."""
 
     score_threshold: float = 0.1
     pre_max_size: int = 4096
@@ -26,6 +29,7 @@ class DecodeConfig:
     iou_rectifier: tuple[float, ...] | None = None
     post_center_range: tuple[float, ...] | None = None
     size_clamp: float | None = 6.0
+    nms_swap_dims: bool = False
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> "DecodeConfig":
@@ -53,6 +57,8 @@ class DecodeConfig:
                                        else float(value))
         if "radius" in nms:
             kwargs["circle_radius"] = float(nms.pop("radius"))
+        if "swap_dims" in nms:
+            kwargs["nms_swap_dims"] = bool(nms.pop("swap_dims"))
         if nms:
             raise ValueError(f"head.decode.nms: unknown options {sorted(nms)}")
         return cls(**kwargs)
@@ -63,6 +69,8 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, cfg: D
     if cfg.nms_type == "none" or boxes.shape[0] == 0:
         return torch.argsort(scores, descending=True)[:cfg.post_max_size]
     from pc3d.ops import box_geometry  # imported here: only decoding needs it
+    if cfg.nms_swap_dims:
+        boxes = boxes[:, [0, 1, 2, 4, 3, 5, 6]]
     if cfg.nms_type == "circle":
         keep = box_geometry.nms_circle(boxes[:, :7], scores, cfg.circle_radius, post_max_size=cfg.post_max_size)
         return torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
