@@ -58,13 +58,18 @@ def _mean_vfe_run(module, inputs, cfg, ctx):
 
 
 # ---- VoxelResBackBone8x ------------------------------------------------------------------------------------
-def _spconv_weight(value: torch.Tensor, expected_out: int | None = None) -> torch.Tensor:
-    """spconv 1.x stored sparse-conv kernels as (k, k, k, in, out); spconv 2.x (pc3d) as (out, k, k, k, in)."""
-    if value.ndim == 5 and value.shape[0] == value.shape[1] == value.shape[2] and value.shape[3] != value.shape[0]:
-        # only a (k, k, k, in, out) kernel has three equal leading dims with a different 4th; re-layout it
-        if expected_out is None or value.shape[4] == expected_out:
-            return value.permute(4, 0, 1, 2, 3).contiguous()
-    return value
+def _spconv_weight(key: str, value: torch.Tensor) -> torch.Tensor:
+    """spconv 1.x stored sparse-conv kernels as (kz, ky, kx, in, out), spconv 2.x (pc3d) as (out, kz, ky, kx, in);
+    re-layout a 1.x kernel, recognised by where the known kernel size sits (as OpenPCDet's own loader does)."""
+    if value.ndim != 5:
+        return value
+    kernel = (3, 1, 1) if key.startswith("conv_out.") else (3, 3, 3)
+    if tuple(value.shape[1:4]) == kernel:
+        return value
+    if tuple(value.shape[:3]) == kernel:
+        return value.permute(4, 0, 1, 2, 3).contiguous()
+    raise ConversionError(f"BACKBONE_3D VoxelResBackBone8x: {key} has shape {tuple(value.shape)}, expected a "
+                          f"{kernel} kernel as (out, {kernel}, in) (spconv 2) or ({kernel}, in, out) (spconv 1)")
 
 
 def _res8x_config(cfg, state, ctx):
@@ -75,7 +80,7 @@ def _res8x_config(cfg, state, ctx):
     widths = []
     for key in ("conv_input.0.weight", "conv2.0.0.weight", "conv3.0.0.weight", "conv4.0.0.weight",
                 "conv_out.0.weight"):
-        w = _spconv_weight(state[key]) if key in state else None
+        w = _spconv_weight(key, state[key]) if key in state else None
         widths.append(_shape({key: w} if w is not None else {}, key, who)[0])
     use_bias = cfg.get("USE_BIAS", None)
     # OpenPCDet: SparseBasicBlock(bias=None) -> bias = (norm_fn is not None) = True
@@ -87,7 +92,7 @@ def _res8x_config(cfg, state, ctx):
 
 def _same_names(state, cfg, ctx):
     # pc3d's SparseResNetBackbone uses OpenPCDet's module names; only spconv 1.x kernels need a re-layout
-    return {k: _spconv_weight(v) for k, v in state.items()}
+    return {k: _spconv_weight(k, v) for k, v in state.items()}
 
 
 def _res8x_run(module, inputs, cfg, ctx):

@@ -113,8 +113,46 @@ def _lex_order(coords: torch.Tensor) -> torch.Tensor:
     return torch.argsort(key)
 
 
+def _compare_boxes(name: str, expected: dict, got: dict) -> list[OutputDiff]:
+    """Decoded boxes: the same number, each reference box matched to the closest pc3d box of its label.
+
+    Score order alone is not enough: equal scores (common with random weights, whose empty BEV cells all
+    give the same logits) may come out of top-k / NMS in either order.
+    """
+    if not isinstance(got, dict) or not {"pred_boxes", "pred_scores", "pred_labels"} <= set(got):
+        return [OutputDiff(name, float("inf"), "pc3d produced no pred_boxes / pred_scores / pred_labels")]
+    rb, rs, rl = expected["pred_boxes"].double(), expected["pred_scores"].double(), expected["pred_labels"].long()
+    gb, gs, gl = (torch.as_tensor(got["pred_boxes"]).double(), torch.as_tensor(got["pred_scores"]).double(),
+                  torch.as_tensor(got["pred_labels"]).long())
+    if rb.shape != gb.shape:
+        return [OutputDiff(f"{name}.pred_boxes", float("inf"), f"{gb.shape[0]} boxes vs reference {rb.shape[0]}")]
+    if rb.shape[0] == 0:
+        return [OutputDiff(f"{name}.{k}", 0.0, "no boxes") for k in ("pred_boxes", "pred_scores", "pred_labels")]
+    ref_rows = torch.cat([rb, rs[:, None]], 1)
+    got_rows = torch.cat([gb, gs[:, None]], 1)
+    cost = (ref_rows[:, None, :] - got_rows[None, :, :]).abs().amax(-1)
+    cost[rl[:, None] != gl[None, :]] = float("inf")
+    taken = torch.zeros(len(gb), dtype=torch.bool)
+    match = []
+    for i in torch.argsort(rs, descending=True).tolist():  # greedy, best-scored reference boxes first
+        row = cost[i].masked_fill(taken, float("inf"))
+        j = int(torch.argmin(row))
+        if not torch.isfinite(row[j]):
+            return [OutputDiff(f"{name}.pred_labels", float("inf"), "labels of the boxes differ")]
+        taken[j] = True
+        match.append((i, j))
+    ri = torch.tensor([m[0] for m in match])
+    gi = torch.tensor([m[1] for m in match])
+    note = "boxes matched by label and value"
+    return [OutputDiff(f"{name}.pred_boxes", (rb[ri] - gb[gi]).abs().max().item(), note),
+            OutputDiff(f"{name}.pred_scores", (rs[ri] - gs[gi]).abs().max().item(), note),
+            OutputDiff(f"{name}.pred_labels", 0.0, note)]
+
+
 def compare(name: str, expected, got, ref_outputs: dict, got_outputs: dict) -> list[OutputDiff]:
     """Max abs difference per leaf; lists / dicts recurse with `name[i].key` names."""
+    if isinstance(expected, dict) and {"pred_boxes", "pred_scores", "pred_labels"} <= set(expected):
+        return _compare_boxes(name, expected, got)
     if isinstance(expected, dict):
         if not isinstance(got, dict) or set(expected) - set(got):
             return [OutputDiff(name, float("inf"), f"missing keys {sorted(set(expected) - set(got or {}))}")]

@@ -59,3 +59,30 @@ def one_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _bias_after_conv(conv_cls):
+    """A spconv conv class whose bias is added after the convolution when the features are on the CPU.
+
+    spconv 2.3.x's CPU kernels cannot fuse a bias (they assert "cpu don't support act and bias"), while
+    OpenPCDet's `VoxelResBackBone8x` residual blocks have biased SubM convs; on CUDA the fused path is used.
+    """
+    class BiasAfterConv(conv_cls):
+        def forward(self, input, add_input=None):
+            if self.bias is None or input.features.is_cuda:
+                return super().forward(input, add_input)
+            out = self._conv_forward(self.training, input, self.weight, None, add_input, name=self.name,
+                                     sparse_unique_name=self._sparse_unique_name, act_type=self.act_type,
+                                     act_alpha=self.act_alpha, act_beta=self.act_beta)
+            return out.replace_feature(out.features + self.bias)
+
+    BiasAfterConv.__name__ = BiasAfterConv.__qualname__ = f"{conv_cls.__name__}BiasAfterConv"
+    return BiasAfterConv
+
+
+try:
+    import spconv.pytorch as _spconv
+
+    SubMConv3d = _bias_after_conv(_spconv.SubMConv3d)
+except ImportError:  # spconv is optional; only the spconv backbone needs it
+    SubMConv3d = None

@@ -25,6 +25,7 @@ from torch import nn
 
 from pc3d.structures import SparseVoxels
 
+from pc3d.models.spconv_cpu import SubMConv3d as BiasedSubMConv3d
 from pc3d.models.spconv_cpu import one_thread
 
 from ._common import as_int_tuple, check_voxels
@@ -39,9 +40,11 @@ class SparseBasicBlock(spconv.SparseModule):
 
     def __init__(self, channels: int, indice_key: str, bias: bool = False):
         super().__init__()
-        self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
+        # biased SubM convs add their bias after the conv on the CPU (spconv cannot fuse it there)
+        conv = BiasedSubMConv3d if bias else spconv.SubMConv3d
+        self.conv1 = conv(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
         self.bn1 = _bn(channels)
-        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
+        self.conv2 = conv(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
         self.bn2 = _bn(channels)
         self.relu = nn.ReLU()
 
