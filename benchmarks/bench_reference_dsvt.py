@@ -160,16 +160,19 @@ def seed_everything(module: torch.nn.Module, seed: int) -> None:
                 buf.copy_(torch.rand(buf.shape, generator=g) * 1.5 + 0.5)
 
 
-def time_both(fn, repeat: int) -> tuple[float, float]:
-    """Best wall time and best process CPU time of `repeat` calls after one warm-up. With one thread the CPU
-    time is the work itself, robust to other processes sharing the cores (wall time is not)."""
-    fn()
-    wall = cpu = float("inf")
+def time_pair(ref_fn, our_fn, repeat: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best (wall, process CPU) time of each function over `repeat` alternating calls, after one warm-up
+    each: alternating keeps a machine whose load drifts from favouring either side. With one thread the CPU
+    time is the work itself, less sensitive to other processes than wall time."""
+    ref_fn()
+    our_fn()
+    best = [[float("inf")] * 2, [float("inf")] * 2]
     for _ in range(max(1, repeat)):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
-    return wall, cpu
+        for side, fn in enumerate((ref_fn, our_fn)):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            best[side] = [min(best[side][0], time.perf_counter() - w0), min(best[side][1], time.process_time() - c0)]
+    return tuple(best[0]), tuple(best[1])
 
 
 def _max_diff_rows(ref_coords, ref_feats, coords, feats) -> float:
@@ -293,12 +296,10 @@ def main(argv=None):
     extra["clock"] = "process CPU time" if args.cpu_time else "wall"
     with torch.no_grad():
         for name, fn in ours.items():
-            t_ref = time_both(ref_stage(name), args.repeat)
-            t_ours = time_both(fn, args.repeat)
+            t_ref, t_ours = time_pair(ref_stage(name), fn, args.repeat)
             report(f"{label}: {name}", t_ours[pick], "Haiyang-W/DSVT", t_ref[pick], diffs[name] <= 1e-4, args.json,
                    max_abs_diff=diffs[name], **extra)
-        t_ref = time_both(ref_whole, args.repeat)
-        t_ours = time_both(lambda: model.forward_voxels(model.voxelizer(points, 1)), args.repeat)
+        t_ref, t_ours = time_pair(ref_whole, lambda: model.forward_voxels(model.voxelizer(points, 1)), args.repeat)
         report(f"{label}: whole network", t_ours[pick], "Haiyang-W/DSVT", t_ref[pick], max(diffs.values()) <= 1e-4,
                args.json, max_abs_diff=max(diffs.values()), **extra)
 
