@@ -4,6 +4,9 @@
 downsampled by its stride, upsampled back (transposed conv, or a strided conv for strides < 1) and
 all stages are concatenated. With `residual: true` (type `resnet`) every stage is made of ResNet
 basic blocks, like DSVT's `BaseBEVResBackbone`. `stride` (a `Fraction`) is the output's downsampling factor.
+`project_first: true` (type `resnet`) gives the first block of every stage a 1x1 conv + BN shortcut even
+when its stride is 1 and its width unchanged, as `BaseBEVResBackbone` always does (set by the DSVT
+checkpoint converter; pc3d's default uses the identity there).
 """
 from __future__ import annotations
 
@@ -22,14 +25,14 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convs + identity / 1x1 projection shortcut)."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1):
+    def __init__(self, cin: int, cout: int, stride: int = 1, project: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
         self.shortcut = nn.Identity()
-        if stride != 1 or cin != cout:
+        if project or stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
                                           nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
 
@@ -42,8 +45,10 @@ class BasicBlock(nn.Module):
 class SECONDBackbone(nn.Module):
     def __init__(self, in_channels: int, layer_nums: Sequence[int], layer_strides: Sequence[int],
                  num_filters: Sequence[int], upsample_strides: Sequence[float] = (),
-                 num_upsample_filters: Sequence[int] = (), residual: bool = False):
+                 num_upsample_filters: Sequence[int] = (), residual: bool = False, project_first: bool = False):
         super().__init__()
+        if project_first and not residual:
+            raise ValueError("backbone_2d.project_first applies to type 'resnet' only")
         if not (len(layer_nums) == len(layer_strides) == len(num_filters)) or not layer_nums:
             raise ValueError("backbone_2d: layer_nums, layer_strides and num_filters need the same non-zero length, "
                              f"got {list(layer_nums)}, {list(layer_strides)}, {list(num_filters)}")
@@ -58,7 +63,7 @@ class SECONDBackbone(nn.Module):
         scales = []
         for i, (num, stride, width) in enumerate(zip(layer_nums, layer_strides, num_filters)):
             if residual:
-                layers = [BasicBlock(cin, width, stride)] + [BasicBlock(width, width) for _ in range(num)]
+                layers = [BasicBlock(cin, width, stride, project_first)] + [BasicBlock(width, width) for _ in range(num)]
             else:
                 layers = [_conv_bn_relu(cin, width, stride)] + [_conv_bn_relu(width, width) for _ in range(num)]
             self.blocks.append(nn.Sequential(*layers))
@@ -106,7 +111,7 @@ class IdentityBEV(nn.Module):
 
 def build_backbone_2d(cfg: dict | None, in_channels: int) -> nn.Module:
     """`backbone_2d: {type: second | resnet | none, layer_nums, layer_strides, num_filters, upsample_strides,
-    num_upsample_filters}`."""
+    num_upsample_filters, project_first (resnet)}`."""
     cfg = dict(cfg or {"type": "none"})
     kind = cfg.pop("type", "second")
     if kind == "none":

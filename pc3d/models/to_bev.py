@@ -60,10 +60,21 @@ class HeightCompression(nn.Module):
         return dense.reshape(b, c * nz, ny, nx)
 
 
-def build_to_bev(cfg: dict | None, in_channels: int, spatial_shape: tuple[int, int, int]) -> nn.Module:
-    """`to_bev: {type: scatter | height_compression}`; `spatial_shape` is the 3D backbone's output grid."""
+def build_to_bev(cfg: dict | None, in_channels: int, spatial_shape: tuple[int, int, int] | None) -> nn.Module:
+    """`to_bev: {type: scatter | height_compression, spatial_shape: [nz, ny, nx] (optional)}`;
+    `spatial_shape` is the 3D backbone's output grid. A declared `spatial_shape` (a converted reference
+    config states its BEV grid) must equal it; with `spatial_shape=None` the declared one is used."""
     cfg = dict(cfg or {"type": "scatter"})
     kind = cfg.pop("type", "scatter")
+    declared = cfg.pop("spatial_shape", None)
+    if declared is not None:
+        declared = tuple(int(v) for v in declared)
+        if spatial_shape is not None and tuple(spatial_shape) != declared:
+            raise ValueError(f"to_bev.spatial_shape {list(declared)} differs from the 3D backbone's output grid "
+                             f"{list(spatial_shape)} (nz, ny, nx)")
+        spatial_shape = declared
+    if spatial_shape is None:
+        raise ValueError("to_bev: the BEV grid is unknown (give to_bev.spatial_shape [nz, ny, nx])")
     if cfg:
         raise ValueError(f"to_bev {kind!r}: unknown options {sorted(cfg)}")
     if kind == "scatter":

@@ -8,12 +8,18 @@ One class covers both variants:
 Per stage, two window configurations are used: shift 0 (window `window_shape`, shift `shifts[s][0]`)
 and shift 1 (the hybrid window `window_shape * hybrid_factor`, shift `shifts[s][1]`). Block `b` uses
 shift `b % 2` (`shift_windows=True`) and is a y-set layer followed by an x-set layer (rotated sets).
-Differences from the reference implementation, on purpose:
-- the learned position embedding of both layers of a block is computed from the in-window
-  coordinates of the block's own shift (the reference feeds the second layer the coordinates of the
-  other shift because it indexes the embedding list with the layer id);
-- 3D pooling masks empty child slots (the reference uses an all-false mask and max-pools over the
-  zero placeholders).
+Where pc3d's defaults differ from the reference implementation (Haiyang-W/DSVT), an option selects
+the reference behaviour; converted reference checkpoints set them all (docs/reference_parity.md):
+- `pos_embed_shift`: "block" (default) computes the position embedding of both layers of a block from
+  the in-window coordinates of the block's own shift; "layer" is the reference: layer `i` gets the
+  embedding of shift `i`'s coordinates whatever shift its sets come from;
+- `shift_schedule`: "stage" (default) alternates shifts by the block index within a stage; "global"
+  is the reference: one block counter runs across all stages;
+- `pool_empty`: "masked" (default) masks empty child slots in 3D pooling; "zeros" is the reference:
+  empty slots hold zero vectors that enter the max (query) and the attention as keys;
+- `voxel_order`: "zyx" (default) orders pooled voxels by (batch, z, y, x); "xyz" is the reference's
+  (batch, x, y, z) order;
+- `pos_pi`: the constant of `normalize_pos` (math.pi; the reference uses 3.1415).
 """
 from __future__ import annotations
 
@@ -56,8 +62,12 @@ class AttentionPooling3d(nn.Module):
         self.slot_embedding = nn.Parameter(torch.randn(pool_volume, dim) * 0.01)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, children: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
-        query = children.masked_fill(empty[..., None], float("-inf")).amax(dim=1, keepdim=True)
+    def forward(self, children: torch.Tensor, empty: torch.Tensor | None) -> torch.Tensor:
+        """`empty=None`: the reference's behaviour, empty slots are zero children like any other."""
+        if empty is None:
+            query = children.amax(dim=1, keepdim=True)
+        else:
+            query = children.masked_fill(empty[..., None], float("-inf")).amax(dim=1, keepdim=True)
         key = children + self.slot_embedding[None]
         out = self.attn(query, key, children, key_padding_mask=empty, need_weights=False)[0]
         return self.norm(out + query).squeeze(1)
@@ -77,13 +87,25 @@ class DSVT(nn.Module):
         shift_windows: alternate the two configurations across blocks (else always shift 0).
         downsample_stride: num_stages - 1 strides (sx, sy, sz) of the 3D pooling between stages.
         normalize_pos: scale in-window coordinates to [-pi, pi) before the position embedding.
+        pos_embed_shift, shift_schedule, pool_empty, voxel_order, pos_pi: reference-parity options,
+            see the module docstring.
     """
 
     def __init__(self, in_channels: int, window_shape=((12, 12, 1),), set_size=36, dims=192, depths=4,
                  num_heads=8, dim_feedforward=384, hybrid_factor=(2, 2, 1), shifts=None,
                  shift_windows: bool = True, downsample_stride=(), activation: str = "gelu",
-                 dropout: float = 0.0, normalize_pos: bool = False, pool_heads: int = 8):
+                 dropout: float = 0.0, normalize_pos: bool = False, pool_heads: int = 8,
+                 pos_embed_shift: str = "block", shift_schedule: str = "stage", pool_empty: str = "masked",
+                 voxel_order: str = "zyx", pos_pi: float = math.pi):
         super().__init__()
+        for name, value, allowed in (("pos_embed_shift", pos_embed_shift, ("block", "layer")),
+                                     ("shift_schedule", shift_schedule, ("stage", "global")),
+                                     ("pool_empty", pool_empty, ("masked", "zeros")),
+                                     ("voxel_order", voxel_order, ("zyx", "xyz"))):
+            if value not in allowed:
+                raise ValueError(f"DSVT {name}: expected one of {allowed}, got {value!r}")
+        self.pos_embed_shift, self.shift_schedule = pos_embed_shift, shift_schedule
+        self.pool_empty, self.voxel_order, self.pos_pi = pool_empty, voxel_order, float(pos_pi)
         if len(window_shape) and isinstance(window_shape[0], int):
             window_shape = [window_shape]
         self.window_shape = [as_int_tuple(w, 3, "window_shape") for w in window_shape]
@@ -143,7 +165,7 @@ class DSVT(nn.Module):
         wx, wy, wz = window
         z, y, x = coords_in_window.float().unbind(1)
         axes = [(x, wx), (y, wy)] + ([(z, wz)] if wz > 1 else [])
-        loc = [(c - w / 2) / w * 2 * math.pi if self.normalize_pos else c - w / 2 for c, w in axes]
+        loc = [(c - w / 2) / w * 2 * self.pos_pi if self.normalize_pos else c - w / 2 for c, w in axes]
         return torch.stack(loc, dim=1)
 
     def _run_stage(self, s: int, x: torch.Tensor, coords: torch.Tensor, shape) -> torch.Tensor:
@@ -152,11 +174,15 @@ class DSVT(nn.Module):
             shift = self.shifts[s][shift_id]
             sets = rotated_set_pair(coords, shape, window, self.set_size[s], shift)  # (y sets, x sets)
             configs.append((sets, self._location(sets[0].coords_in_window, window)))
+        # the reference counts blocks across stages: a stage of one block after a stage of one block uses shift 1
+        first_block = sum(self.depths[:s]) if self.shift_schedule == "global" else 0
         for b, (layers, norm) in enumerate(zip(self.stages[s], self.block_norms[s])):
-            sets, location = configs[b % 2 if self.shift_windows else 0]
+            sets, location = configs[(first_block + b) % 2 if self.shift_windows else 0]
             residual = x
-            for layer, embed, layer_sets in zip(layers, self.pos_embeds[s][b], sets):
-                x = layer(x, embed(location), layer_sets)
+            for i, (layer, embed, layer_sets) in enumerate(zip(layers, self.pos_embeds[s][b], sets)):
+                # "layer": the reference's embedding of layer i comes from shift i's in-window coordinates
+                loc = configs[i][1] if self.pos_embed_shift == "layer" else location
+                x = layer(x, embed(loc), layer_sets)
             x = norm(x + residual)
         return x
 
@@ -166,7 +192,10 @@ class DSVT(nn.Module):
         new_shape = (math.ceil(nz / sz), math.ceil(ny / sy), math.ceil(nx / sx))
         b, z, y, x_ = coords.unbind(1)
         pz, py, px = z // sz, y // sy, x_ // sx
-        parent_id = ((b * new_shape[0] + pz) * new_shape[1] + py) * new_shape[2] + px
+        if self.voxel_order == "xyz":  # the reference's order of pooled voxels: batch, then x, y, z
+            parent_id = ((b * new_shape[2] + px) * new_shape[1] + py) * new_shape[0] + pz
+        else:
+            parent_id = ((b * new_shape[0] + pz) * new_shape[1] + py) * new_shape[2] + px
         child = ((x_ % sx) * sy + (y % sy)) * sz + (z % sz)  # DSVT's x-major slot order
         seg = sorted_segments(parent_id)
         parent = torch.empty_like(seg.segment)
@@ -175,8 +204,10 @@ class DSVT(nn.Module):
         volume = sx * sy * sz
         children = x.new_zeros(num_parents, volume, x.shape[1])
         children = children.index_put((parent, child), x)
-        empty = torch.ones(num_parents, volume, dtype=torch.bool, device=x.device)
-        empty = empty.index_put((parent, child), torch.zeros_like(child, dtype=torch.bool))
+        empty = None
+        if self.pool_empty == "masked":
+            empty = torch.ones(num_parents, volume, dtype=torch.bool, device=x.device)
+            empty = empty.index_put((parent, child), torch.zeros_like(child, dtype=torch.bool))
         pool = self.pools[s]
         pooled = pool.proj(pool.attn(children, empty))
         first = seg.order[seg.starts]

@@ -15,7 +15,11 @@ class DecodeConfig:
     post_max_size: boxes kept per group after NMS; nms_type: "rotated" | "circle" | "none";
     iou_threshold: rotated BEV IoU threshold; circle_radius: metres (circle NMS);
     iou_rectifier: per-class alpha in `score^(1-a) * iou^a` (None disables);
-    post_center_range: `(x_min, y_min, z_min, x_max, y_max, z_max)` for decoded centres (None: off)."""
+    post_center_range: `(x_min, y_min, z_min, x_max, y_max, z_max)` for decoded centres (None: off);
+    size_clamp: cap on the log-size codes before `exp` (None: no cap, OpenPCDet's decode);
+    nms_swap_dims: NMS measures the BEV IoU of every box with its length and width exchanged (DSVT's
+    `multi_class_nms`: mmdet3d's BEV NMS fed `pi/2 - yaw` without swapping the sizes turns each box by 90
+    degrees about its centre); the decoded boxes themselves are unchanged. False: the true rotated IoU."""
 
     score_threshold: float = 0.1
     pre_max_size: int = 4096
@@ -25,6 +29,8 @@ class DecodeConfig:
     circle_radius: float = 1.0
     iou_rectifier: tuple[float, ...] | None = None
     post_center_range: tuple[float, ...] | None = None
+    size_clamp: float | None = 6.0
+    nms_swap_dims: bool = False
 
     def __post_init__(self):
         # a NaN threshold compares False with every score (keeps nothing, silently); an IoU threshold
@@ -56,6 +62,9 @@ class DecodeConfig:
         for key in ("score_threshold", "pre_max_size", "post_max_size"):
             if key in cfg:
                 kwargs[key] = cfg.pop(key)
+        if "size_clamp" in cfg:
+            value = cfg.pop("size_clamp")
+            kwargs["size_clamp"] = float(value) if value is not None else None
         if "post_center_range" in cfg:
             value = cfg.pop("post_center_range")
             kwargs["post_center_range"] = tuple(value) if value is not None else None
@@ -71,6 +80,8 @@ class DecodeConfig:
                                        else float(value))
         if "radius" in nms:
             kwargs["circle_radius"] = float(nms.pop("radius"))
+        if "swap_dims" in nms:
+            kwargs["nms_swap_dims"] = bool(nms.pop("swap_dims"))
         if nms:
             raise ValueError(f"head.decode.nms: unknown options {sorted(nms)}")
         return cls(**kwargs)
@@ -81,6 +92,8 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, cfg: D
     if cfg.nms_type == "none" or boxes.shape[0] == 0:
         return torch.argsort(scores, descending=True)[:cfg.post_max_size]
     from pc3d.ops import box_geometry  # imported here: only decoding needs it
+    if cfg.nms_swap_dims:
+        boxes = boxes[:, [0, 1, 2, 4, 3, 5, 6]]
     if cfg.nms_type == "circle":
         keep = box_geometry.nms_circle(boxes[:, :7], scores, cfg.circle_radius, post_max_size=cfg.post_max_size)
         return torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
@@ -119,7 +132,7 @@ def decode_group(heatmap: torch.Tensor, codes: torch.Tensor, iou: torch.Tensor |
         cell = flat % (h * w)
         rows, cols = torch.div(cell, w, rounding_mode="floor"), cell % w
         sample_codes = codes[sample].reshape(codes.shape[1], -1)[:, cell].t().float()
-        boxes = coder.decode(sample_codes, cols, rows, geometry)
+        boxes = coder.decode(sample_codes, cols, rows, geometry, size_clamp=cfg.size_clamp)
         if iou is not None and cfg.iou_rectifier is not None:
             alpha = torch.as_tensor(cfg.iou_rectifier, dtype=scores.dtype, device=scores.device)[labels_of[cls]]
             pred_iou = ((iou[sample, 0].reshape(-1)[cell].float() + 1) / 2).clamp(0, 1)
