@@ -19,7 +19,8 @@ CLOUDS = ("lattice", "lattice_dense", "bin21", "bin34")
 
 @pytest.fixture(scope="module")
 def fixture():
-    return np.load(FIXTURE)
+    with np.load(FIXTURE) as fx:
+        return dict(fx)
 
 
 def test_fixture_names_reference_commit(fixture):
