@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from pc3d.data.threedmatch import roitr_rotation
+from pc3d.ops.weighted_sampling import sample_by_weight
 
 INLIER_DISTANCE = 0.1
 INLIER_RATIO_THRESHOLD = 0.05
@@ -84,11 +85,7 @@ class ProtocolResult:
 
 def sample_correspondences(confidence, n_points: int, rng: np.random.RandomState) -> np.ndarray:
     """Indices kept for a pair: all if K <= n_points, else `rng.choice(K, n_points, replace=False, p)`."""
-    conf = torch.as_tensor(np.asarray(confidence, dtype=np.float32))
-    if conf.shape[0] <= n_points:
-        return np.arange(conf.shape[0])
-    prob = conf / torch.sum(conf)
-    return rng.choice(prob.shape[0], n_points, replace=False, p=prob.numpy())
+    return sample_by_weight(confidence, n_points, rng)
 
 
 def inlier_ratio_fp32(src_corr, ref_corr, gt_rot, gt_trans, tau: float = INLIER_DISTANCE) -> float:
