@@ -40,6 +40,7 @@ setup(
             "pc3d-train=pc3d.cli.train:main",
             "pc3d-test=pc3d.cli.test:main",
             "pc3d-infer=pc3d.cli.infer:main",
+            "pc3d-convert-checkpoint=pc3d.cli.convert_checkpoint:main",
             "pc3d-demo=pc3d.cli.demo:main",
             "pc3d-create-data=pc3d.cli.create_data:main",
             "pc3d-visualize=pc3d.cli.visualize:main",

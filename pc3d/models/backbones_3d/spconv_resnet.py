@@ -8,6 +8,14 @@ Layout (channels `(c1, c2, c3, c4)`, default (16, 32, 64, 128)):
     SparseConv (3, 1, 1) stride (2, 1, 1) -> out_channels  (`z_down=True`, CenterPoint's extra z reduction)
 The output is 8x downsampled in x / y; the new `spatial_shape` and `voxel_size` are set on the output.
 For pillar-like inputs (nz < 8) use `last_z_padding=1, z_down=False`.
+
+OpenPCDet parity options (defaults keep pc3d's own behaviour; `pc3d.compat.openpcdet` sets them):
+`block_bias` — the residual blocks' SubM convs carry a bias (OpenPCDet's `VoxelResBackBone8x` builds them with
+`bias=True` unless `USE_BIAS` says otherwise); `grid_pad` — cells added to the sparse grid `(nz, ny, nx)`
+before the first conv (OpenPCDet uses `grid_size[::-1] + [1, 0, 0]`, one extra z layer, which changes the
+output z depth after the strided convs).
+spconv's CPU kernels give wrong, non-deterministic results with more than one thread (seen with spconv 2.3.8
+against a brute-force convolution), so on the CPU the sparse convs run with one thread (`spconv_cpu.one_thread`).
 """
 from __future__ import annotations
 
@@ -16,6 +24,9 @@ import spconv.pytorch as spconv
 from torch import nn
 
 from pc3d.structures import SparseVoxels
+
+from pc3d.models.spconv_cpu import SubMConv3d as BiasedSubMConv3d
+from pc3d.models.spconv_cpu import one_thread
 
 from ._common import as_int_tuple, check_voxels
 
@@ -27,11 +38,13 @@ def _bn(channels: int) -> nn.BatchNorm1d:
 class SparseBasicBlock(spconv.SparseModule):
     """Two SubM 3x3x3 convs with BN, ReLU and an identity shortcut."""
 
-    def __init__(self, channels: int, indice_key: str):
+    def __init__(self, channels: int, indice_key: str, bias: bool = False):
         super().__init__()
-        self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
+        # biased SubM convs add their bias after the conv on the CPU (spconv cannot fuse it there)
+        conv = BiasedSubMConv3d if bias else spconv.SubMConv3d
+        self.conv1 = conv(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
         self.bn1 = _bn(channels)
-        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
+        self.conv2 = conv(channels, channels, 3, padding=1, bias=bias, indice_key=indice_key)
         self.bn2 = _bn(channels)
         self.relu = nn.ReLU()
 
@@ -53,8 +66,10 @@ class SparseResNetBackbone(nn.Module):
     """forward(SparseVoxels) -> SparseVoxels (8x downsampled in x/y, `out_channels` features)."""
 
     def __init__(self, in_channels: int, channels=(16, 32, 64, 128), out_channels: int = 128,
-                 last_z_padding: int = 0, z_down: bool = True, blocks_per_stage: int = 2):
+                 last_z_padding: int = 0, z_down: bool = True, blocks_per_stage: int = 2,
+                 block_bias: bool = False, grid_pad=(0, 0, 0)):
         super().__init__()
+        self.grid_pad = as_int_tuple(grid_pad, 3, "grid_pad")
         c1, c2, c3, c4 = as_int_tuple(channels, 4, "channels")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels) if z_down else c4
         self.z_down = bool(z_down)
@@ -62,7 +77,7 @@ class SparseResNetBackbone(nn.Module):
             spconv.SubMConv3d(in_channels, c1, 3, padding=1, bias=False, indice_key="subm1"), _bn(c1), nn.ReLU())
 
         def blocks(c, key):
-            return [SparseBasicBlock(c, key) for _ in range(blocks_per_stage)]
+            return [SparseBasicBlock(c, key, bool(block_bias)) for _ in range(blocks_per_stage)]
 
         self.conv1 = spconv.SparseSequential(*blocks(c1, "res1"))
         self.conv2 = spconv.SparseSequential(_down(c1, c2, 3, 2, 1, "spconv2"), *blocks(c2, "res2"))
@@ -73,11 +88,12 @@ class SparseResNetBackbone(nn.Module):
 
     def forward(self, voxels: SparseVoxels) -> SparseVoxels:
         check_voxels(voxels, self.in_channels, type(self).__name__)
-        x = spconv.SparseConvTensor(voxels.features, voxels.coords.int(), list(voxels.spatial_shape),
-                                    voxels.batch_size)
-        x = self.conv4(self.conv3(self.conv2(self.conv1(self.conv_input(x)))))
-        if self.conv_out is not None:
-            x = self.conv_out(x)
+        grid = [int(s) + p for s, p in zip(voxels.spatial_shape, self.grid_pad)]
+        x = spconv.SparseConvTensor(voxels.features, voxels.coords.int(), grid, voxels.batch_size)
+        with one_thread(voxels.features.device):
+            x = self.conv4(self.conv3(self.conv2(self.conv1(self.conv_input(x)))))
+            if self.conv_out is not None:
+                x = self.conv_out(x)
         shape = tuple(int(s) for s in x.spatial_shape)
         # output voxel size = input voxel size x total stride per axis (x, y, z)
         strides = (8, 8, 16 if self.conv_out is not None else 8)

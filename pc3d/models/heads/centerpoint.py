@@ -45,11 +45,11 @@ class HeadPrediction:
         return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
 
 
-def _branch(channels: int, out: int, num_conv: int, bias_init: float | None) -> nn.Sequential:
+def _branch(channels: int, out: int, num_conv: int, bias_init: float | None, norm: "NormSpec") -> nn.Sequential:
     layers = []
     for _ in range(num_conv - 1):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=norm.conv_bias),
+                   nn.BatchNorm2d(channels, eps=norm.eps, momentum=norm.momentum), nn.ReLU(inplace=True)]
     final = nn.Conv2d(channels, out, 3, padding=1, bias=True)
     if bias_init is not None:
         nn.init.constant_(final.bias, bias_init)
@@ -60,19 +60,38 @@ def _branch(channels: int, out: int, num_conv: int, bias_init: float | None) -> 
     return nn.Sequential(*layers)
 
 
+@dataclass(frozen=True)
+class NormSpec:
+    """BatchNorm of the head's hidden convs: pc3d's default (eps 1e-3, momentum 0.01, conv without bias)
+    or OpenPCDet's CenterHead (`BN_EPS` 1e-5, `BN_MOM` 0.1, `USE_BIAS_BEFORE_NORM` conv bias)."""
+
+    eps: float = 1e-3
+    momentum: float = 0.01
+    conv_bias: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: dict | None) -> "NormSpec":
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - {"eps", "momentum", "conv_bias"}
+        if unknown:
+            raise ValueError(f"head.norm: unknown options {sorted(unknown)} (eps, momentum, conv_bias)")
+        return cls(float(cfg.get("eps", 1e-3)), float(cfg.get("momentum", 0.01)), bool(cfg.get("conv_bias", False)))
+
+
 class SeparateHead(nn.Module):
     """One conv branch per output of a class group."""
 
-    def __init__(self, channels: int, num_classes: int, with_velocity: bool, with_iou: bool, num_conv: int = 2):
+    def __init__(self, channels: int, num_classes: int, with_velocity: bool, with_iou: bool, num_conv: int = 2,
+                 norm: NormSpec = NormSpec()):
         super().__init__()
         # -2.19 = logit(0.1): a low prior on every cell keeps the early focal loss stable (CenterNet).
-        self.heatmap = _branch(channels, num_classes, num_conv, bias_init=-2.19)
-        self.offset = _branch(channels, 2, num_conv, None)
-        self.height = _branch(channels, 1, num_conv, None)
-        self.size = _branch(channels, 3, num_conv, None)
-        self.heading = _branch(channels, 2, num_conv, None)
-        self.velocity = _branch(channels, 2, num_conv, None) if with_velocity else None
-        self.iou = _branch(channels, 1, num_conv, None) if with_iou else None
+        self.heatmap = _branch(channels, num_classes, num_conv, -2.19, norm)
+        self.offset = _branch(channels, 2, num_conv, None, norm)
+        self.height = _branch(channels, 1, num_conv, None, norm)
+        self.size = _branch(channels, 3, num_conv, None, norm)
+        self.heading = _branch(channels, 2, num_conv, None, norm)
+        self.velocity = _branch(channels, 2, num_conv, None, norm) if with_velocity else None
+        self.iou = _branch(channels, 1, num_conv, None, norm) if with_iou else None
 
     def forward(self, x: torch.Tensor) -> HeadPrediction:
         return HeadPrediction(
@@ -88,14 +107,15 @@ class CenterPointHead(nn.Module):
         voxel_size, point_range: the voxel grid; stride: BEV cell size / voxel size;
         heatmap: {min_radius, gaussian_overlap, max_objs}; with_velocity; iou_rectification: False or
         per-class alphas (list, dataset order) — adds an IoU branch and rectifies scores with it;
-        loss_weights: {heatmap, regression, iou, code_weights}; decode: see `DecodeConfig`.
+        loss_weights: {heatmap, regression, iou, code_weights}; decode: see `DecodeConfig`;
+        norm: {eps, momentum, conv_bias} of the hidden convs (see `NormSpec`; default pc3d's).
     """
 
     def __init__(self, in_channels: int, class_names: Sequence[str], class_groups: Sequence[Sequence[str]],
                  voxel_size: Sequence[float], point_range: Sequence[float], stride: int = 1,
                  shared_channels: int = 64, num_conv: int = 2, heatmap: dict | None = None,
                  with_velocity: bool = False, iou_rectification=False, loss_weights: dict | None = None,
-                 decode: dict | None = None):
+                 decode: dict | None = None, norm: dict | None = None):
         super().__init__()
         self.class_names = tuple(class_names)
         for group in class_groups:
@@ -139,10 +159,12 @@ class CenterPointHead(nn.Module):
             decode_cfg = DecodeConfig(**{**decode_cfg.__dict__, "iou_rectifier": tuple(float(a) for a in iou_rectification)})
         self.decode_cfg = decode_cfg
 
-        self.shared = nn.Sequential(nn.Conv2d(in_channels, shared_channels, 3, padding=1, bias=False),
-                                    nn.BatchNorm2d(shared_channels, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
-        self.groups = nn.ModuleList(SeparateHead(shared_channels, len(g), with_velocity, self.with_iou, num_conv)
-                                    for g in self.class_groups)
+        norm_spec = NormSpec.from_dict(norm)
+        self.shared = nn.Sequential(nn.Conv2d(in_channels, shared_channels, 3, padding=1, bias=norm_spec.conv_bias),
+                                    nn.BatchNorm2d(shared_channels, eps=norm_spec.eps, momentum=norm_spec.momentum),
+                                    nn.ReLU(inplace=True))
+        self.groups = nn.ModuleList(SeparateHead(shared_channels, len(g), with_velocity, self.with_iou, num_conv,
+                                                 norm_spec) for g in self.class_groups)
 
     @property
     def with_velocity(self) -> bool:
@@ -214,7 +236,7 @@ class CenterPointHead(nn.Module):
 def build_head(cfg: dict, in_channels: int, class_names: Sequence[str], voxel_size, point_range,
                stride: int) -> CenterPointHead:
     """`head: {type: centerpoint, class_groups, feature_stride, shared_channels, num_conv, heatmap, regression,
-    iou_rectification, loss_weights, decode}` (see `CenterPointHead`)."""
+    iou_rectification, loss_weights, decode, norm}` (see `CenterPointHead`)."""
     cfg = dict(cfg)
     kind = cfg.pop("type", "centerpoint")
     if kind != "centerpoint":

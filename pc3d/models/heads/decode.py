@@ -14,7 +14,8 @@ class DecodeConfig:
     post_max_size: boxes kept per group after NMS; nms_type: "rotated" | "circle" | "none";
     iou_threshold: rotated BEV IoU threshold; circle_radius: metres (circle NMS);
     iou_rectifier: per-class alpha in `score^(1-a) * iou^a` (None disables);
-    post_center_range: `(x_min, y_min, z_min, x_max, y_max, z_max)` for decoded centres (None: off)."""
+    post_center_range: `(x_min, y_min, z_min, x_max, y_max, z_max)` for decoded centres (None: off);
+    size_clamp: cap on the log-size codes before `exp` (None: no cap, OpenPCDet's decode)."""
 
     score_threshold: float = 0.1
     pre_max_size: int = 4096
@@ -24,6 +25,7 @@ class DecodeConfig:
     circle_radius: float = 1.0
     iou_rectifier: tuple[float, ...] | None = None
     post_center_range: tuple[float, ...] | None = None
+    size_clamp: float | None = 6.0
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> "DecodeConfig":
@@ -33,6 +35,9 @@ class DecodeConfig:
         for key in ("score_threshold", "pre_max_size", "post_max_size"):
             if key in cfg:
                 kwargs[key] = cfg.pop(key)
+        if "size_clamp" in cfg:
+            value = cfg.pop("size_clamp")
+            kwargs["size_clamp"] = float(value) if value is not None else None
         if "post_center_range" in cfg:
             value = cfg.pop("post_center_range")
             kwargs["post_center_range"] = tuple(value) if value is not None else None
@@ -96,7 +101,7 @@ def decode_group(heatmap: torch.Tensor, codes: torch.Tensor, iou: torch.Tensor |
         cell = flat % (h * w)
         rows, cols = torch.div(cell, w, rounding_mode="floor"), cell % w
         sample_codes = codes[sample].reshape(codes.shape[1], -1)[:, cell].t().float()
-        boxes = coder.decode(sample_codes, cols, rows, geometry)
+        boxes = coder.decode(sample_codes, cols, rows, geometry, size_clamp=cfg.size_clamp)
         if iou is not None and cfg.iou_rectifier is not None:
             alpha = torch.as_tensor(cfg.iou_rectifier, dtype=scores.dtype, device=scores.device)[labels_of[cls]]
             pred_iou = ((iou[sample, 0].reshape(-1)[cell].float() + 1) / 2).clamp(0, 1)

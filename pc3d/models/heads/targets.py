@@ -97,12 +97,17 @@ class BoxCoder:
         codes = np.vstack([np.atleast_2d(p) for p in parts]).T.astype(np.float32)
         return cols, rows, codes
 
-    def decode(self, codes: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor, geometry: MapGeometry) -> torch.Tensor:
-        """codes `(K, code_size)` at cells (cols, rows) `(K,)` -> boxes `(K, 7|9)`."""
+    def decode(self, codes: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor, geometry: MapGeometry,
+               size_clamp: float | None = 6.0) -> torch.Tensor:
+        """codes `(K, code_size)` at cells (cols, rows) `(K,)` -> boxes `(K, 7|9)`.
+
+        `size_clamp` caps the log-size codes before `exp` (pc3d's guard against overflow early in training);
+        None decodes `exp` unclamped, as OpenPCDet's CenterHead does."""
         sx, sy = geometry.cell_size
         x = (cols.to(codes.dtype) + codes[:, 0]) * sx + geometry.point_range[0]
         y = (rows.to(codes.dtype) + codes[:, 1]) * sy + geometry.point_range[1]
-        size = torch.exp(codes[:, 3:6].clamp(max=6.0))
+        log_size = codes[:, 3:6] if size_clamp is None else codes[:, 3:6].clamp(max=size_clamp)
+        size = torch.exp(log_size)
         heading = torch.atan2(codes[:, 6], codes[:, 7])
         parts = [x[:, None], y[:, None], codes[:, 2:3], size, heading[:, None]]
         if self.with_velocity:
