@@ -7,8 +7,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
+
+from pc3d.compat.registry import WHOLE_MODEL, ConversionError, StageConverter
+
+FAMILY = "roitr"
+REPOS = ("haoyu94/RoITr",)
 
 # the reference stores one more Sinkhorn layer (`OT`) that its forward never calls
 IGNORED_KEYS = ("OT.alpha",)
@@ -24,7 +30,7 @@ _LOCAL = [  # inside one LocalPPFTransformer: reference suffix -> pc3d suffix
 _DEC_LEVEL = {"4": 0, "3": 1, "2": 2, "1": 3}
 
 
-class UnmappedKeyError(KeyError):
+class UnmappedKeyError(ConversionError):
     """A reference state_dict key that no conversion rule covers."""
 
 
@@ -143,3 +149,98 @@ def model_config(reference_cfg: dict, factor: float = 1.0) -> dict:
         "reference_mutual": bool(cfg.get("fine_matching_mutual", True)),
         "confidence_threshold": float(cfg.get("fine_matching_confidence_threshold", 0.05)),
     }
+
+
+def flatten_reference_config(cfg: dict) -> dict:
+    """The reference's YAML has sections (misc, model, coarse_matching, ...); its `load_config` merges their
+    keys into one flat dict, and so does this."""
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def convert(cfg_path, ckpt_path) -> tuple[dict, dict]:
+    """Reference YAML + checkpoint -> (pc3d config with a `model` section, pc3d RoITr state_dict)."""
+    import yaml
+
+    cfg_path, ckpt_path = Path(cfg_path), Path(ckpt_path)
+    for path, what in ((cfg_path, "--cfg"), (ckpt_path, "--ckpt")):
+        if not path.is_file():
+            raise ConversionError(f"{what}: file not found: {path}")
+    raw = yaml.safe_load(cfg_path.read_text())
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{cfg_path}: not a RoITr YAML (expected sections such as model, fine_matching)")
+    payload = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict):
+        raise ConversionError(f"{ckpt_path}: expected a state_dict or {{'state_dict': ...}}, got {type(payload).__name__}")
+    state = payload.get("state_dict", payload)
+    fields = model_config(flatten_reference_config(raw), width_factor(state))
+    # the reference loader keeps at most 30000 points and feeds them all
+    fields["max_input_points"] = 30000
+    return {"model": {"type": "roitr", **fields}}, convert_state_dict(state)
+
+
+def write(cfg_path, ckpt_path, out) -> dict:
+    """`convert`, then `out/config.yaml` and `out/model.pth` in the RoITr checkpoint format that
+    `tools/register.py --ckpt` and `RoITrRegistration.from_checkpoint` read."""
+    import yaml
+
+    from pc3d.models.registration.roitr import RoITr, RoITrConfig, save_checkpoint
+
+    cfg, state = convert(cfg_path, ckpt_path)
+    fields = {k: v for k, v in cfg["model"].items() if k != "type"}
+    model = RoITr(RoITrConfig(**fields))
+    from pc3d.compat.registry import load_into
+    load_into(model, state, f"{ckpt_path} (RoITr)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({"name": f"RoITr converted from {Path(cfg_path).name}",
+                                                     **cfg}, sort_keys=False))
+    save_checkpoint(model, out / "model.pth", {"converted_from": {"source": "roitr", "config": str(cfg_path),
+                                                                   "checkpoint": str(ckpt_path)}})
+    return {"config": str(out / "config.yaml"), "checkpoint": str(out / "model.pth"), "tensors": len(state)}
+
+
+# --- --verify-fixture: the whole reference model (RIGA_v2) is one stage --------------------------------
+
+def _fixture_config(model_cfg: dict, state: dict, ctx) -> dict:
+    return model_config({k: v for k, v in model_cfg.items() if k != "type"}, width_factor(state))
+
+
+def _fixture_weights(state: dict, cfg: dict, ctx) -> dict:
+    return convert_state_dict(state)
+
+
+def _build(cfg: dict, ctx, inputs: dict):
+    from pc3d.models.registration.roitr import RoITr, RoITrConfig
+
+    return RoITr(RoITrConfig(**cfg))
+
+
+def _run(model, inputs: dict, cfg: dict, ctx) -> dict:
+    """pc3d outputs under the reference's names (RoITr's `tgt` is pc3d's `ref`)."""
+    src, ref = model(inputs["src_points"], inputs["src_normals"], inputs["tgt_points"], inputs["tgt_normals"])
+    matches = model.match((src, ref))
+    transform, _ = model.estimate(matches, "reference_ransac")
+    out = {"src_nodes": src.nodes, "tgt_nodes": ref.nodes, "src_node_feats": src.node_feats,
+           "tgt_node_feats": ref.node_feats, "src_point_feats": src.point_feats, "tgt_point_feats": ref.point_feats,
+           "src_node_corr_indices": matches["superpoint_pairs"][:, 0],
+           "tgt_node_corr_indices": matches["superpoint_pairs"][:, 1],
+           "src_corr_points": matches["src_points"], "tgt_corr_points": matches["ref_points"],
+           "corr_scores": matches["scores"], "ransac_transform": torch.from_numpy(transform)}
+    for side, feats in (("src", src), ("tgt", ref)):
+        out[f"stage/global/{side}"] = feats.global_feats
+        for lvl, level in enumerate(feats.levels, start=1):
+            out[f"stage/enc{lvl}/{side}/feats"] = level["feats"]
+            out[f"stage/enc{lvl}/{side}/knn"] = level["knn"]
+            if lvl > 1:
+                out[f"stage/enc{lvl}/{side}/fps"] = level["fps"]
+    return out
+
+
+CONVERTERS = {"RIGA_v2": StageConverter("RIGA_v2", "model", "", WHOLE_MODEL, _fixture_config, _fixture_weights,
+                                        _build, _run)}

@@ -27,7 +27,8 @@ def fixture():
 @pytest.fixture(scope="module")
 def run(fixture):
     sd = fixture["state_dict"]
-    model = RoITr(RoITrConfig(**model_config(fixture["model_cfg"], width_factor(sd)))).eval()
+    cfg = {k: v for k, v in fixture["model_cfg"].items() if k != "type"}
+    model = RoITr(RoITrConfig(**model_config(cfg, width_factor(sd)))).eval()
     model.load_state_dict(convert_state_dict(sd), strict=True)
     inp = fixture["inputs"]
     with torch.no_grad():
@@ -52,7 +53,7 @@ def test_fixture_layout(fixture):
 @pytest.mark.parametrize("level", [1, 2, 3, 4])
 def test_encoder_levels_equal(fixture, run, level):
     _, (src, ref), _, _ = run
-    stages = fixture["stages"]
+    stages = {k[len("stage/"):]: v for k, v in fixture["outputs"].items() if k.startswith("stage/")}
     for side, feats in (("src", src), ("tgt", ref)):
         lv = feats.levels[level - 1]
         assert torch.equal(lv["knn"], stages[f"enc{level}/{side}/knn"].long()), f"enc{level} {side} kNN"
@@ -64,6 +65,8 @@ def test_encoder_levels_equal(fixture, run, level):
 def test_superpoint_and_point_features_equal(fixture, run):
     _, (src, ref), _, _ = run
     out = fixture["outputs"]
+    _close("global/src", src.global_feats, out["stage/global/src"])
+    _close("global/tgt", ref.global_feats, out["stage/global/tgt"])
     _close("src_nodes", src.nodes, out["src_nodes"])
     _close("tgt_nodes", ref.nodes, out["tgt_nodes"])
     _close("src_node_feats", src.node_feats, out["src_node_feats"])
@@ -105,3 +108,37 @@ def test_unmapped_key_is_named():
         model_config({"transformer_architecture": ["self", "other"]})
     with pytest.raises(ValueError, match="architecture"):
         RoITrConfig(architecture="official")
+
+
+REFERENCE_YAML = """\
+misc: {mode: test}
+model: {transformer_architecture: [self, cross, self, cross, self, cross], with_cross_pos_embed: true}
+data: {benchmark: 3DLoMatch, rotated: false}
+coarse_matching: {matching_radius: 0.05, num_gt_coarse_corr: 128, num_est_coarse_corr: 48, coarse_overlap_threshold: 0.1}
+fine_matching: {point_per_patch: 64, fine_matching_topk: 3, fine_matching_mutual: true,
+  fine_matching_confidence_threshold: 0.05, fine_matching_use_dustbin: false, fine_matching_use_global_score: false,
+  fine_matching_correspondence_threshold: 3}
+"""
+
+
+def test_convert_cli_writes_a_checkpoint_register_uses(fixture, tmp_path):
+    from pc3d.cli.convert_checkpoint import main
+    from pc3d.models.registration.roitr import RoITrRegistration
+
+    cfg = tmp_path / "tdmatch.yaml"
+    cfg.write_text(REFERENCE_YAML)
+    ckpt = tmp_path / "model.pth"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in fixture["state_dict"].items()}}, ckpt)
+    assert main(["--from", "roitr", "--cfg", str(cfg), "--ckpt", str(ckpt), "--out", str(tmp_path / "out")]) == 0
+    reg = RoITrRegistration.from_checkpoint(tmp_path / "out" / "model.pth", pose="reference_ransac", icp=False)
+    assert reg.model.config.architecture == "reference" and reg.model.config.max_input_points == 30000
+    inp = fixture["inputs"]
+    src, ref = inp["src_points"].double().numpy(), inp["tgt_points"].double().numpy()
+    result = reg.register(src, ref)
+    assert result.transform.shape == (4, 4) and np.isfinite(result.transform).all()
+    # same points in, same correspondences out as the fixture's reference run (normals re-estimated here
+    # from the same points with the same rule)
+    assert result.correspondences.shape[1] == 2
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": {"backbone.enc9.0.mystery.weight": torch.zeros(1)}}, bad)
+    assert main(["--from", "roitr", "--cfg", str(cfg), "--ckpt", str(bad), "--out", str(tmp_path / "o2")]) == 2

@@ -305,6 +305,7 @@ class ReferenceFeatures:
     point_feats: torch.Tensor
     node_feats: torch.Tensor
     levels: list
+    global_feats: torch.Tensor       # (M, Cc) superpoint transformer output, before the coarse projection
 
 
 class RoITrReferenceNet(nn.Module):
@@ -359,7 +360,7 @@ class RoITrReferenceNet(nn.Module):
         for levels, g, xyz in ((s_levels, s_g[0], src_xyz), (r_levels, r_g[0], ref_xyz)):
             fine = self.decode(levels)
             out.append(ReferenceFeatures(levels[0]["xyz"], levels[3]["xyz"], self.fine_proj(fine),
-                                         F.normalize(self.coarse_proj(g), p=2, dim=1), levels))
+                                         F.normalize(self.coarse_proj(g), p=2, dim=1), levels, g))
         return out[0], out[1]
 
 
