@@ -5,7 +5,10 @@ equidistant points a kNN or FPS returns decides every later output of a model bu
 kernels follow the reference kernels' visiting order and comparisons exactly (see `point_ops.knn_pointops`
 and `point_ops.farthest_point_sample_pointops` for the rules in words).
 
-Squared distances are fp32, summed in the written order `(dx*dx + dy*dy) + dz*dz`, each step rounded to fp32.
+Squared distances are fp32 as the CUDA build computes them: nvcc (default `--fmad=true`) contracts the written
+`dx*dx + dy*dy + dz*dz` into `fma(dz, dz, fma(dx, dx, dy*dy))`. Checked against the kernels compiled with
+nvcc -O2 on an H200: every index and distance equal (tests/ops/test_pointops_ties.py); the plain
+left-to-right fp32 sum disagrees on 1-ulp differences that reorder lattice ties.
 """
 from __future__ import annotations
 
@@ -14,11 +17,31 @@ import numpy as np
 
 
 @numba.njit(cache=True, inline="always")
+def _fma32(a, b, c):
+    """Correctly rounded fp32 `a * b + c` of fp32 inputs: the product is exact in float64; TwoSum keeps the
+    error of the float64 sum, which decides the one case float64 -> float32 rounding gets wrong (a float64
+    sum lying exactly half-way between two float32 values)."""
+    p = np.float64(a) * np.float64(b)
+    c64 = np.float64(c)
+    s = p + c64
+    bv = s - p
+    err = (p - (s - bv)) + (c64 - bv)
+    r = np.float32(s)
+    r64 = np.float64(r)
+    if err == 0.0 or r64 == s:
+        return r
+    other = np.nextafter(r, np.float32(np.inf)) if s > r64 else np.nextafter(r, np.float32(-np.inf))
+    if s == (r64 + np.float64(other)) * 0.5:
+        return max(r, other) if err > 0 else min(r, other)
+    return r
+
+
+@numba.njit(cache=True, inline="always")
 def _sq_dist(ax, ay, az, bx, by, bz):
     dx = np.float32(ax - bx)
     dy = np.float32(ay - by)
     dz = np.float32(az - bz)
-    return np.float32(np.float32(np.float32(dx * dx) + np.float32(dy * dy)) + np.float32(dz * dz))
+    return _fma32(dz, dz, _fma32(dx, dx, np.float32(dy * dy)))
 
 
 @numba.njit(cache=True)

@@ -131,7 +131,8 @@ def _as_float32_xyz(points, name: str) -> np.ndarray:
 def knn_pointops(query, support, k: int):
     """kNN with the tie rules of the reference CUDA `knnquery` kernel (RoITr / Point Transformer).
 
-    Rules: squared distances in fp32 as `(dx*dx + dy*dy) + dz*dz`; support points are visited in index
+    Rules: squared distances in fp32 as the CUDA build evaluates them, `fma(dz, dz, fma(dx, dx, dy*dy))`
+    (nvcc contracts the written sum into fused multiply-adds); support points are visited in index
     order into a k-slot max-heap initialised to (1e10, index 0); a point enters only if strictly closer
     than the heap's current worst; the heap is then heap-sorted ascending. Among exactly tied distances
     the order (and, at the k-th place, membership) is whatever that heap produces, not "lowest index".
@@ -156,7 +157,7 @@ def farthest_point_sample_pointops(points, num_samples: int) -> torch.Tensor:
     """Furthest-point sampling with the tie rules of the reference CUDA `furthestsampling` kernel.
 
     Rules: the first pick is index 0; the running minimum squared distance starts at 1e10 and is fp32
-    (`(dx*dx + dy*dy) + dz*dz`, then `min`); the cloud is split over `pointops_block_size(N)` lanes, lane
+    (`fma(dz, dz, fma(dx, dx, dy*dy))` as nvcc compiles it, then `min`); the cloud is split over `pointops_block_size(N)` lanes, lane
     t scanning t, t + B, ... and keeping its first strict maximum; lanes are reduced pairwise (t vs t + s,
     s = B/2 .. 1) with the lower lane winning ties. Net effect on ties: the lane whose id, bit-reversed,
     is smallest wins, then the lowest index in that lane.
