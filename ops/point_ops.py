@@ -15,7 +15,10 @@ import torch
 __all__ = [
     "as_points",
     "farthest_point_sample",
+    "farthest_point_sample_pointops",
     "knn",
+    "knn_pointops",
+    "pointops_block_size",
     "three_nn_interpolate",
     "vector_angle",
     "point_pair_features",
@@ -109,6 +112,66 @@ def knn(query: torch.Tensor, support: torch.Tensor, k: int, chunk_size: int = 40
         dists.append(dd)
         idxs.append(ii)
     return torch.cat(dists, dim=-2), torch.cat(idxs, dim=-2)
+
+
+def pointops_block_size(num_points: int) -> int:
+    """Lane count the reference FPS kernel launches for a cloud of `num_points`: the largest power of two
+    not above it (from `floor(log(n) / log(2))` in double precision), capped at 1024, at least 1."""
+    if num_points < 1:
+        return 1
+    power = int(np.log(float(num_points)) / np.log(2.0))
+    return max(min(1 << power, 1024), 1)
+
+
+def _as_float32_xyz(points, name: str) -> np.ndarray:
+    pts = as_points(points, name).detach().cpu().numpy()[:, :3]
+    return np.ascontiguousarray(pts, dtype=np.float32)
+
+
+def knn_pointops(query, support, k: int):
+    """kNN with the tie rules of the reference CUDA `knnquery` kernel (RoITr / Point Transformer).
+
+    Rules: squared distances in fp32 as the CUDA build evaluates them, `fma(dz, dz, fma(dx, dx, dy*dy))`
+    (nvcc contracts the written sum into fused multiply-adds); support points are visited in index
+    order into a k-slot max-heap initialised to (1e10, index 0); a point enters only if strictly closer
+    than the heap's current worst; the heap is then heap-sorted ascending. Among exactly tied distances
+    the order (and, at the k-th place, membership) is whatever that heap produces, not "lowest index".
+    If k > N the missing slots keep (1e10, 0), as the kernel does.
+
+    Args:
+        query: `(M, 3)`; support: `(N, 3)`; k: 1..100 (the kernel's fixed heap size).
+    Returns:
+        `(distances (M, k) float32, indices (M, k) int64)`; distances are `sqrt` of the fp32 squares.
+    """
+    from pc3d.ops._pointops_ties_numba import knn_heap
+
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 100:
+        raise ValueError(f"k: expected an int in 1..100 (the reference kernel's heap size), got {k!r}")
+    sup = _as_float32_xyz(support, "support")
+    qry = _as_float32_xyz(query, "query")
+    idx, d2 = knn_heap(sup, qry, int(k))
+    return torch.sqrt(torch.from_numpy(d2)), torch.from_numpy(idx)
+
+
+def farthest_point_sample_pointops(points, num_samples: int) -> torch.Tensor:
+    """Furthest-point sampling with the tie rules of the reference CUDA `furthestsampling` kernel.
+
+    Rules: the first pick is index 0; the running minimum squared distance starts at 1e10 and is fp32
+    (`fma(dz, dz, fma(dx, dx, dy*dy))` as nvcc compiles it, then `min`); the cloud is split over `pointops_block_size(N)` lanes, lane
+    t scanning t, t + B, ... and keeping its first strict maximum; lanes are reduced pairwise (t vs t + s,
+    s = B/2 .. 1) with the lower lane winning ties. Net effect on ties: the lane whose id, bit-reversed,
+    is smallest wins, then the lowest index in that lane.
+
+    Returns `(M,)` int64 indices, M = min(num_samples, N). (When M > N the kernel would repeat index 0;
+    here M is capped instead so the result stays a set of distinct points.)
+    """
+    from pc3d.ops._pointops_ties_numba import fps_block_reduce
+
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+    pts = _as_float32_xyz(points, "points")
+    m = min(int(num_samples), pts.shape[0])
+    return torch.from_numpy(fps_block_reduce(pts, m, pointops_block_size(pts.shape[0])))
 
 
 def three_nn_interpolate(query: torch.Tensor, support: torch.Tensor, support_features: torch.Tensor,

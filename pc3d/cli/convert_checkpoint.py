@@ -2,6 +2,8 @@
 
     tools/convert_checkpoint.py --from openpcdet --cfg REF.yaml --ckpt REF.pth --out DIR
         writes DIR/config.yaml and DIR/model.pth (usable unchanged by tools/infer.py and tools/test.py)
+    tools/convert_checkpoint.py --from roitr --cfg configs/test/tdmatch.yaml --ckpt model_3dmatch.pth --out DIR
+        writes DIR/config.yaml and DIR/model.pth for `tools/register.py --method roitr --ckpt DIR/model.pth`
     tools/convert_checkpoint.py --verify-fixture F.pt [F2.pt ...] [--json]
         runs the pc3d module a parity fixture describes and prints the max abs difference per output;
         exits 1 when any output differs by more than 1e-4
@@ -14,7 +16,8 @@ import sys
 from pathlib import Path
 
 # --from value -> converter module (each has `convert(cfg_path, ckpt_path) -> (config, state_dict)`)
-SOURCES = {"openpcdet": "pc3d.compat.openpcdet"}
+# (a module with its own `write(cfg_path, ckpt_path, out)` writes a non-detector checkpoint format itself)
+SOURCES = {"openpcdet": "pc3d.compat.openpcdet", "roitr": "pc3d.compat.roitr"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,8 @@ def convert(source: str, cfg_path: Path, ckpt_path: Path, out: Path) -> dict:
     from pc3d.models.build import build_model
 
     module = importlib.import_module(SOURCES[source])
+    if hasattr(module, "write"):  # RoITr: registration checkpoint format, read by tools/register.py --ckpt
+        return module.write(cfg_path, ckpt_path, out)
     cfg, state = module.convert(cfg_path, ckpt_path)
     cfg = {"name": f"converted from {source}: {cfg_path.name}",
            "description": f"converted by tools/convert_checkpoint.py from {cfg_path} and {ckpt_path}", **cfg}

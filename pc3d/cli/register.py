@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("src")
     parser.add_argument("ref")
     parser.add_argument("--method", choices=["fpfh", "roitr"], default="fpfh")
-    parser.add_argument("--pose", choices=["lgr", "svd", "ransac"], default="lgr", help="roitr pose estimator")
+    parser.add_argument("--pose", choices=["lgr", "svd", "ransac", "reference_ransac"], default="lgr",
+                        help="roitr pose estimator (reference_ransac: RoITr's own evaluation, for converted checkpoints)")
     parser.add_argument("--ckpt", default=None, help="roitr checkpoint (default: shipped tiny synthetic model)")
     parser.add_argument("--voxel-size", type=float, default=0.05, help="fpfh / ICP voxel size (m)")
     parser.add_argument("--verify", type=int, default=None,

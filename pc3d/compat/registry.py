@@ -25,10 +25,13 @@ from torch import nn
 CONVERTER_MODULES = (
     "pc3d.compat.openpcdet",
     "pc3d.compat.dsvt",
+    "pc3d.compat.roitr",
 )
 
 # pc3d Detector attribute of each stage, in pipeline order
 STAGES = ("vfe", "backbone_3d", "to_bev", "backbone_2d", "head")
+# a reference model that is not a detector (RoITr) is converted as one stage, the whole pc3d model
+WHOLE_MODEL = "model"
 
 
 class ConversionError(ValueError):
@@ -115,8 +118,9 @@ class StageConverter:
     run: RunFn
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"StageConverter {self.name}: stage must be one of {STAGES}, got {self.stage!r}")
+        if self.stage not in STAGES + (WHOLE_MODEL,):
+            raise ValueError(f"StageConverter {self.name}: stage must be one of {STAGES + (WHOLE_MODEL,)}, "
+                             f"got {self.stage!r}")
 
 
 @dataclass(frozen=True)

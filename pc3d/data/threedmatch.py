@@ -115,13 +115,20 @@ class ThreeDMatchBenchmark:
         root: directory with `benchmarks/` (and fragments, for `load_pair`).
         benchmark: "3DMatch" or "3DLoMatch".
         scenes: subset of scene names (default: every scene folder present).
-        rotated: apply seeded Haar-uniform rotations to both clouds of every pair.
+        rotated: apply seeded rotations to the clouds of every pair.
         seed: base seed; the rotation of a pair depends only on (seed, scene, i, j).
+        rotation_protocol: "haar" (pc3d: Haar-uniform rotations of both clouds) or "roitr" (RoITr's rotated
+            benchmark: pair number `index` in benchmark order, all scenes sorted, gets the rotation of
+            `pc3d.evaluation.roitr_protocol.roitr_rotation(index)` on its source or its target; `seed` unused).
     """
 
-    def __init__(self, root, benchmark: str = "3DMatch", scenes=None, rotated: bool = False, seed: int = 0):
+    def __init__(self, root, benchmark: str = "3DMatch", scenes=None, rotated: bool = False, seed: int = 0,
+                 rotation_protocol: str = "haar"):
         if benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark: expected one of {BENCHMARKS}, got {benchmark!r}")
+        if rotation_protocol not in ("haar", "roitr"):
+            raise ValueError(f"rotation_protocol: expected 'haar' or 'roitr', got {rotation_protocol!r}")
+        self.rotation_protocol = rotation_protocol
         self.root = Path(root)
         bench_dir = self.root / "benchmarks" / benchmark
         if not bench_dir.is_dir():
@@ -135,14 +142,21 @@ class ThreeDMatchBenchmark:
         if missing:
             raise ValueError(f"scenes: not in {bench_dir}: {missing}")
         self.pairs: list[RegistrationPair] = []
+        # global pair numbers in benchmark order (every scene, sorted): RoITr seeds its rotations with them
+        first_index, count = {}, 0
+        for scene in available:
+            first_index[scene] = count
+            count += len(read_gt_log(bench_dir / scene / "gt.log"))
         for scene in self.scenes:
             sdir = bench_dir / scene
             logs = read_gt_log(sdir / "gt.log")
             infos = read_gt_info(sdir / "gt.info") if (sdir / "gt.info").is_file() else {}
             overlaps = read_gt_overlap(sdir / "gt_overlap.log") if (sdir / "gt_overlap.log").is_file() else {}
-            for (i, j), transform in logs.items():
+            for position, ((i, j), transform) in enumerate(logs.items()):
                 pair = RegistrationPair(scene, i, j, transform, infos.get((i, j)), overlaps.get((i, j)))
-                if rotated:
+                if rotated and rotation_protocol == "roitr":
+                    pair = rotate_pair(pair, *_roitr_rotations(first_index[scene] + position))
+                elif rotated:
                     pair = rotate_pair(pair, *self._pair_rotations(scene, i, j))
                 self.pairs.append(pair)
 
@@ -179,6 +193,23 @@ class ThreeDMatchBenchmark:
             src = src @ pair.src_rotation.T
             ref = ref @ pair.ref_rotation.T
         return src, ref, pair
+
+
+def roitr_rotation(index: int) -> tuple[np.ndarray, bool]:
+    """`(R (3, 3), rotates_source)` that RoITr's rotated benchmark applies to pair `index` (benchmark order):
+    a legacy numpy stream seeded with `index` gives Euler angles `rand(3) * 2pi` (scipy 'zyx'), then the
+    source is rotated if a further `rand() > 0.5`, else the target."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.RandomState(index)
+    euler = rng.rand(3) * np.pi * 2.0
+    rot = Rotation.from_euler("zyx", euler).as_matrix()
+    return rot, bool(rng.rand(1)[0] > 0.5)
+
+
+def _roitr_rotations(index: int):
+    rot, on_source = roitr_rotation(index)
+    return (rot, np.eye(3)) if on_source else (np.eye(3), rot)
 
 
 def load_fragment(path) -> np.ndarray:

@@ -67,8 +67,23 @@ class RoITrConfig:
     normal_k: int = 33
     norm: str = "instance"                       # "instance" (per-cloud statistics) | "layer" (per point)
     max_input_points: int = 8000                 # random subset before normals (train and test alike)
+    # "pc3d": the model above (pc3d's reading of the paper, what the shipped checkpoint is);
+    # "reference": the official code's network and matcher (roitr_reference.py), which the RoITr checkpoint
+    # converter selects; only the fields below, num_superpoint_matches, patch_size, mutual_k,
+    # confidence_threshold, sinkhorn_iterations, normal_k and max_input_points apply to it
+    architecture: str = "pc3d"
+    width_factor: float = 1.0                    # reference widths 64/128/256 times this (1 = official)
+    reference_blocks: tuple = ("self", "cross", "self", "cross", "self", "cross")
+    reference_mutual: bool = True
 
     def __post_init__(self):
+        if self.architecture not in ("pc3d", "reference"):
+            raise ValueError(f"architecture: expected 'pc3d' or 'reference', got {self.architecture!r}")
+        self.reference_blocks = tuple(str(b) for b in self.reference_blocks)
+        if any(b not in ("self", "cross") for b in self.reference_blocks):
+            raise ValueError(f"reference_blocks: expected 'self' / 'cross' entries, got {list(self.reference_blocks)}")
+        if not self.width_factor > 0:
+            raise ValueError(f"width_factor: must be positive, got {self.width_factor}")
         self.strides = tuple(int(s) for s in self.strides)
         self.widths = tuple(int(w) for w in self.widths)
         self.knn = tuple(int(k) for k in self.knn)
@@ -240,12 +255,20 @@ class RoITr(nn.Module):
     def __init__(self, config: RoITrConfig | None = None):
         super().__init__()
         self.config = config or RoITrConfig()
+        if self.config.architecture == "reference":
+            from .roitr_reference import RoITrReferenceNet, SinkhornRef
+            self.reference_net = RoITrReferenceNet(self.config.width_factor, self.config.reference_blocks,
+                                                   self.config.num_heads)
+            self.reference_ot = SinkhornRef(self.config.sinkhorn_iterations)
+            return
         self.backbone = PPFBackbone(self.config)
         self.transformer = GlobalTransformer(self.config)
         self.optimal_transport = LearnableLogOptimalTransport(self.config.sinkhorn_iterations)
 
     def forward(self, src_xyz, src_normals, ref_xyz, ref_normals, src_pyramid=None, ref_pyramid=None) -> RoITrOutput:
         cfg = self.config
+        if cfg.architecture == "reference":  # -> (src, ref) roitr_reference.ReferenceFeatures
+            return self.reference_net(src_xyz, src_normals, ref_xyz, ref_normals)
         sp = src_pyramid or build_pyramid(src_xyz, src_normals, cfg)
         rp = ref_pyramid or build_pyramid(ref_xyz, ref_normals, cfg)
         s_fine, s_coarse = self.backbone(sp)
@@ -272,6 +295,8 @@ class RoITr(nn.Module):
         cfg = self.config
         threshold = cfg.confidence_threshold if confidence_threshold is None else confidence_threshold
         _check_probability(threshold, "confidence_threshold")
+        if cfg.architecture == "reference":
+            return self._reference_match(out, threshold)
         s_nodes, r_nodes, _ = superpoint_matching(out.src_coarse, out.ref_coarse, cfg.num_superpoint_matches)
         plans = self.patch_log_plans(out, s_nodes, r_nodes)
         b, rows, cols, scores = mutual_topk_correspondences(plans, cfg.mutual_k, threshold)
@@ -282,9 +307,27 @@ class RoITr(nn.Module):
                 "src_points": out.src_pyramid.xyz[fl][src_index], "ref_points": out.ref_pyramid.xyz[fl][ref_index],
                 "scores": scores, "patch_index": b, "superpoint_pairs": torch.stack([s_nodes, r_nodes], 1)}
 
+    def _reference_match(self, out, threshold: float) -> dict:
+        from .roitr_reference import reference_match
+        cfg = self.config
+        src, ref = out
+        m = reference_match(self.reference_net, self.reference_ot, src, ref, num_coarse=cfg.num_superpoint_matches,
+                            point_limit=cfg.patch_size, topk=cfg.mutual_k, threshold=threshold,
+                            mutual=cfg.reference_mutual)
+        return {"src_index": m.src_index, "ref_index": m.ref_index, "src_points": m.src_corr_points,
+                "ref_points": m.ref_corr_points, "scores": m.corr_scores, "patch_index": m.patch_index,
+                "superpoint_pairs": torch.stack([m.src_node_corr, m.ref_node_corr], 1),
+                "superpoint_scores": m.node_corr_scores}
+
     @torch.no_grad()
     def estimate(self, matches: dict, method: str = "lgr"):
-        """(transform (4, 4) float64 numpy, inlier mask (C,) bool numpy) with `method` in lgr | svd | ransac."""
+        """(transform (4, 4) float64 numpy, inlier mask (C,) bool numpy) with `method` in lgr | svd | ransac |
+        reference_ransac (RoITr's evaluation: <= 1000 matches drawn by score, then Open3D RANSAC)."""
+        if method == "reference_ransac":
+            from .roitr_reference import reference_ransac
+            t, _ = reference_ransac(matches["src_points"], matches["ref_points"], matches["scores"])
+            sp, rp = matches["src_points"].double().numpy(), matches["ref_points"].double().numpy()
+            return t, np.linalg.norm(sp @ t[:3, :3].T + t[:3, 3] - rp, axis=1) < self.config.inlier_threshold
         sp, rp, w = matches["src_points"].double(), matches["ref_points"].double(), matches["scores"].double()
         thr = self.config.inlier_threshold
         if len(sp) == 0:
@@ -298,7 +341,7 @@ class RoITr(nn.Module):
             return t.cpu().numpy(), (res < thr).cpu().numpy()
         if method == "ransac":
             return ransac_correspondences(sp.cpu().numpy(), rp.cpu().numpy(), distance_threshold=thr / 2)
-        raise ValueError(f"method: expected 'lgr', 'svd' or 'ransac', got {method!r}")
+        raise ValueError(f"method: expected 'lgr', 'svd', 'ransac' or 'reference_ransac', got {method!r}")
 
     @torch.no_grad()
     def verification_hypotheses(self, out: RoITrOutput, count: int, pose: str = "lgr") -> list:
@@ -371,6 +414,18 @@ def prepare_cloud(points: np.ndarray, num_points: int, normal_k: int = 33, dtype
     return pts[idx], torch.from_numpy(normals).to(dtype)[idx], torch.from_numpy(subset)[idx]
 
 
+def prepare_reference_cloud(points: np.ndarray, normal_k: int = 33, max_input_points: int | None = 30000, seed: int = 0):
+    """The reference loader's preparation: at most `max_input_points` points (here a seeded subset; the
+    reference draws an unseeded random one), Open3D kNN normals (k = 33) facing the origin, float32.
+
+    Returns (xyz (N, 3) tensor, normals (N, 3) tensor, indices (N,) int64 tensor into `points`)."""
+    subset = input_subset(len(points), max_input_points, seed)
+    pts = np.asarray(points)[subset]
+    normals = estimate_normals(pts, k=normal_k)
+    return (torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)), torch.from_numpy(normals),
+            torch.from_numpy(subset))
+
+
 def _check_probability(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
@@ -389,8 +444,8 @@ class RoITrRegistration(Registration):
 
     def __init__(self, model: RoITr, pose: str = "lgr", num_points: int | None = None, icp: bool = True,
                  voxel_size: float = 0.05, verify: int = 8, device: str | torch.device = "cpu"):
-        if pose not in ("lgr", "svd", "ransac"):
-            raise ValueError(f"pose: expected 'lgr', 'svd' or 'ransac', got {pose!r}")
+        if pose not in ("lgr", "svd", "ransac", "reference_ransac"):
+            raise ValueError(f"pose: expected 'lgr', 'svd', 'ransac' or 'reference_ransac', got {pose!r}")
         if not voxel_size > 0:
             raise ValueError(f"voxel_size: must be positive, got {voxel_size}")
         self.device = torch.device(device)
@@ -415,8 +470,12 @@ class RoITrRegistration(Registration):
         ref = validate_cloud(ref, "ref")
         start = time.perf_counter()
         cfg = self.model.config
-        sx, sn, s_idx = prepare_cloud(src, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
-        rx, rn, r_idx = prepare_cloud(ref, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
+        if cfg.architecture == "reference":  # the reference feeds every (subset) point, no FPS down to num_points
+            sx, sn, s_idx = prepare_reference_cloud(src, cfg.normal_k, cfg.max_input_points)
+            rx, rn, r_idx = prepare_reference_cloud(ref, cfg.normal_k, cfg.max_input_points)
+        else:
+            sx, sn, s_idx = prepare_cloud(src, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
+            rx, rn, r_idx = prepare_cloud(ref, self.num_points, cfg.normal_k, max_input_points=cfg.max_input_points)
         sx, sn, rx, rn = (t.to(self.device) for t in (sx, sn, rx, rn))
         with torch.no_grad():
             out = self.model(sx, sn, rx, rn)
@@ -426,7 +485,9 @@ class RoITrRegistration(Registration):
                 hypotheses = self.model.verification_hypotheses(out, self.verify, self.pose)
             else:
                 transform, inliers = self.model.estimate(matches, self.pose)
-        extra = {"num_superpoints": int(out.src_coarse.shape[0]), "pose": self.pose}
+        reference = cfg.architecture == "reference"
+        num_superpoints = out[0].nodes.shape[0] if reference else out.src_coarse.shape[0]
+        extra = {"num_superpoints": int(num_superpoints), "pose": self.pose}
         if hypotheses is not None:
             from .refine import verify_hypotheses
             transform, extra["icp_fitness"], extra["hypothesis"] = verify_hypotheses(src, ref, hypotheses, self.voxel_size)
@@ -437,7 +498,7 @@ class RoITrRegistration(Registration):
         if self.icp:  # count inliers under the returned transform
             sp, rp = matches["src_points"].double().cpu().numpy(), matches["ref_points"].double().cpu().numpy()
             inliers = np.linalg.norm(sp @ transform[:3, :3].T + transform[:3, 3] - rp, axis=1) < cfg.inlier_threshold
-        fl = cfg.fine_level
+        fl = 0 if reference else cfg.fine_level
         s_map, r_map = s_idx, r_idx
         for l in range(1, fl + 1):  # fine-level indices -> input indices
             s_map = s_map[out.src_pyramid.sample_index[l].cpu()]
