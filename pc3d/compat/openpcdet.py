@@ -132,7 +132,9 @@ def _bev_config(cfg, state, ctx):
         raise ConversionError(f"{who}: an extra final deblock (more UPSAMPLE_STRIDES than LAYER_NUMS) is not supported")
     return {"backbone_2d": {"type": "second", "layer_nums": list(cfg["LAYER_NUMS"]),
                             "layer_strides": list(cfg["LAYER_STRIDES"]), "num_filters": list(cfg["NUM_FILTERS"]),
-                            "upsample_strides": ups, "num_upsample_filters": list(cfg.get("NUM_UPSAMPLE_FILTERS") or [])}}
+                            "upsample_strides": ups, "num_upsample_filters": list(cfg.get("NUM_UPSAMPLE_FILTERS") or []),
+                            # NHWC convolutions on the CPU: same numbers up to rounding, ~1.2x faster
+                            "channels_last": True}}
 
 
 def _bev_weights(state, cfg, ctx):

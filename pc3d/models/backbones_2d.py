@@ -45,10 +45,15 @@ class BasicBlock(nn.Module):
 class SECONDBackbone(nn.Module):
     def __init__(self, in_channels: int, layer_nums: Sequence[int], layer_strides: Sequence[int],
                  num_filters: Sequence[int], upsample_strides: Sequence[float] = (),
-                 num_upsample_filters: Sequence[int] = (), residual: bool = False, project_first: bool = False):
+                 num_upsample_filters: Sequence[int] = (), residual: bool = False, project_first: bool = False,
+                 channels_last: bool = False):
         super().__init__()
         if project_first and not residual:
             raise ValueError("backbone_2d.project_first applies to type 'resnet' only")
+        # channels_last: run the convolutions on an NHWC copy of the map (oneDNN's faster CPU layout, ~1.2x on
+        # 3x3 convs); the output stays NHWC, so the head's convs run that way too. Same numbers up to rounding
+        # (~1e-7); off by default so existing configs compute bit-for-bit what they did.
+        self.channels_last = bool(channels_last)
         if not (len(layer_nums) == len(layer_strides) == len(num_filters)) or not layer_nums:
             raise ValueError("backbone_2d: layer_nums, layer_strides and num_filters need the same non-zero length, "
                              f"got {list(layer_nums)}, {list(layer_strides)}, {list(num_filters)}")
@@ -89,6 +94,8 @@ class SECONDBackbone(nn.Module):
         self.out_channels = int(sum(num_upsample_filters)) if upsample_strides else int(num_filters[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         ups = []
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -111,7 +118,7 @@ class IdentityBEV(nn.Module):
 
 def build_backbone_2d(cfg: dict | None, in_channels: int) -> nn.Module:
     """`backbone_2d: {type: second | resnet | none, layer_nums, layer_strides, num_filters, upsample_strides,
-    num_upsample_filters, project_first (resnet)}`."""
+    num_upsample_filters, project_first (resnet), channels_last}`."""
     cfg = dict(cfg or {"type": "none"})
     kind = cfg.pop("type", "second")
     if kind == "none":

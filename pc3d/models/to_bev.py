@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pc3d.ops.partition.windows import is_exporting
 from pc3d.structures import SparseVoxels
 
 
@@ -23,7 +24,14 @@ def scatter_to_dense(voxels: SparseVoxels) -> torch.Tensor:
     features = voxels.features
     channels = features.shape[1]
     coords = voxels.coords.long()
-    flat = ((coords[:, 0] * nz + coords[:, 1]) * ny + coords[:, 2]) * nx + coords[:, 3]
+    # written channel-major: (C, B * cells) -> (B, C, nz, ny, nx) is a view for B = 1 (no transposing copy
+    # of the whole grid, which cost more than the scatter itself on large BEV grids)
+    cells = ((coords[:, 1] * ny + coords[:, 2]) * nx + coords[:, 3])
+    flat = coords[:, 0] * (nz * ny * nx) + cells
+    if voxels.batch_size == 1 and not is_exporting():  # the export keeps the row-major scatter it was tested with
+        dense = features.new_zeros(channels, nz * ny * nx)
+        dense = dense.index_copy(1, cells, features.t())
+        return dense.view(1, channels, nz, ny, nx)
     dense = features.new_zeros(voxels.batch_size * nz * ny * nx, channels)
     dense = dense.index_copy(0, flat, features)
     return dense.view(voxels.batch_size, nz, ny, nx, channels).permute(0, 4, 1, 2, 3)
