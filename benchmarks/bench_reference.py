@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from pc3d.compat.registry import RefContext, convert_sections, family
     from pc3d.compat.stages import build_detector, hard_voxels
     from pc3d.compat.verify import TOLERANCE, compare
-    from pc3d.engine.checkpoint import load_model_weights
+    from pc3d.checkpoint import load_model_weights
     from pc3d.models.spconv_cpu import one_thread
     from pc3d.structures import SparseVoxels
 

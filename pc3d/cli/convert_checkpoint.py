@@ -35,7 +35,7 @@ def convert(source: str, cfg_path: Path, ckpt_path: Path, out: Path) -> dict:
     import importlib
 
     from pc3d.config import dump_config
-    from pc3d.engine.checkpoint import load_model_weights, save_checkpoint
+    from pc3d.checkpoint import load_model_weights, save_checkpoint
     from pc3d.models.build import build_model
 
     module = importlib.import_module(SOURCES[source])

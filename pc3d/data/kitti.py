@@ -12,7 +12,7 @@ axis, which is the Velodyne -y axis).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,6 +28,57 @@ KITTI_FEATURES = ("x", "y", "z", "intensity")
 KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
 # image size used to clip projected boxes when the frame's image_2 PNG is absent (most KITTI images)
 DEFAULT_IMAGE_SHAPE = (375, 1242)
+
+
+# The KITTI types the official metric scores (each has an overlap threshold in pc3d.evaluation.kitti_metric).
+KITTI_EVAL_TYPES = ("Car", "Pedestrian", "Cyclist", "Van", "Person_sitting", "Truck")
+
+
+@dataclass
+class KittiFrameBoxes:
+    """One frame of ground truth or detections in KITTI label conventions.
+
+    names: (M,) class names; boxes_camera: (M, 7) `x, y, z (bottom centre), h, w, l, ry`; bbox: (M, 4)
+    image box `x1, y1, x2, y2` in pixels; truncated / occluded: ground-truth only (zeros for detections);
+    scores: detections only.
+    """
+
+    names: Sequence[str]
+    boxes_camera: np.ndarray
+    bbox: np.ndarray
+    truncated: np.ndarray | None = None
+    occluded: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    frame_id: str = ""
+    _lower: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.names = tuple(str(n) for n in self.names)
+        m = len(self.names)
+        self.boxes_camera = np.asarray(self.boxes_camera, dtype=np.float64).reshape(-1, 7)
+        self.bbox = np.asarray(self.bbox, dtype=np.float64).reshape(-1, 4)
+        self.truncated = np.zeros(m) if self.truncated is None else np.asarray(self.truncated, dtype=np.float64)
+        self.occluded = (np.zeros(m, dtype=np.int64) if self.occluded is None
+                         else np.asarray(self.occluded, dtype=np.int64))
+        if self.scores is not None:
+            self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        for name in ("boxes_camera", "bbox", "truncated", "occluded", "scores"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != m:
+                raise ValueError(f"KittiFrameBoxes {self.frame_id!r}: {name} has {value.shape[0]} rows for {m} names")
+        self._lower = np.array([n.lower() for n in self.names], dtype=object)
+        # a NaN box or a size <= 0 is refused, never dropped (docs/conventions.md "Ground truth");
+        # DontCare rows carry the format's -1 / -1000 placeholders
+        real = self._lower != "dontcare"
+        sizes_ok = (self.boxes_camera[:, 3:6] > 0).all(axis=1)
+        bad = np.flatnonzero(real & ~(np.isfinite(self.boxes_camera).all(axis=1) & sizes_ok))
+        if bad.size:
+            what = "detection" if self.scores is not None else "ground truth"
+            raise ValueError(f"{what} of frame {self.frame_id!r}: box {bad[0]} {self.boxes_camera[bad[0]].round(4).tolist()} "
+                             "has a NaN or inf value or a size (h, w, l) that is not > 0")
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 @dataclass
@@ -198,13 +249,10 @@ class KittiDataset(torch.utils.data.Dataset):
     def kitti_eval_classes(self) -> tuple[str, ...]:
         """The KITTI types scored by the KITTI metric: those of Car / Pedestrian / Cyclist (and Van,
         Person_sitting, Truck) that some config class maps from."""
-        from pc3d.evaluation.kitti_metric import MIN_OVERLAP
-        return tuple(k for k in ("Car", "Pedestrian", "Cyclist", "Van", "Person_sitting", "Truck")
-                     if k in self.kitti_to_class and k in MIN_OVERLAP)
+        return tuple(k for k in KITTI_EVAL_TYPES if k in self.kitti_to_class)
 
     def kitti_ground_truth(self, index: int):
         """Every label_2 object of frame `index` (DontCare and unevaluated types included, as the devkit reads them)."""
-        from pc3d.evaluation.kitti_metric import KittiFrameBoxes
         fid = self.frame_ids[index]
         label_path = self.base / "label_2" / f"{fid}.txt"
         objects = read_labels(label_path) if label_path.is_file() else []
@@ -216,7 +264,6 @@ class KittiDataset(torch.utils.data.Dataset):
         """Predictions (Velodyne frame, config class names) as KITTI detections: camera boxes, image
         boxes projected through P2, class names mapped back to KITTI types. Boxes outside the camera
         view are left out (KITTI labels only cover the camera's field of view)."""
-        from pc3d.evaluation.kitti_metric import KittiFrameBoxes
         fid = self.frame_ids[index]
         to_kitti = {}
         for kitti_name, cls in self.kitti_to_class.items():

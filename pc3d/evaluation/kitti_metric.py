@@ -26,12 +26,13 @@ Boxes are in KITTI's rectified camera frame: `(x, y, z, h, w, l, ry)` with (x, y
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from numba import njit
 
+from pc3d.data.kitti import KittiFrameBoxes  # noqa: F401  (re-exported: the metric's input type)
 from pc3d.ops.box_geometry import box_iou_3d, box_iou_bev
 
 DIFFICULTIES = ("easy", "moderate", "hard")
@@ -42,53 +43,6 @@ MIN_OVERLAP = {"Car": 0.7, "Van": 0.7, "Truck": 0.7, "Pedestrian": 0.5, "Person_
 # ground truths of these classes are ignored, not missed, when evaluating the key class
 _NEIGHBOUR = {"car": "van", "pedestrian": "person_sitting"}
 _SAMPLE_POINTS = 41
-
-
-@dataclass
-class KittiFrameBoxes:
-    """One frame of ground truth or detections in KITTI label conventions.
-
-    names: (M,) class names; boxes_camera: (M, 7) `x, y, z (bottom centre), h, w, l, ry`; bbox: (M, 4)
-    image box `x1, y1, x2, y2` in pixels; truncated / occluded: ground-truth only (zeros for detections);
-    scores: detections only.
-    """
-
-    names: Sequence[str]
-    boxes_camera: np.ndarray
-    bbox: np.ndarray
-    truncated: np.ndarray | None = None
-    occluded: np.ndarray | None = None
-    scores: np.ndarray | None = None
-    frame_id: str = ""
-    _lower: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.names = tuple(str(n) for n in self.names)
-        m = len(self.names)
-        self.boxes_camera = np.asarray(self.boxes_camera, dtype=np.float64).reshape(-1, 7)
-        self.bbox = np.asarray(self.bbox, dtype=np.float64).reshape(-1, 4)
-        self.truncated = np.zeros(m) if self.truncated is None else np.asarray(self.truncated, dtype=np.float64)
-        self.occluded = (np.zeros(m, dtype=np.int64) if self.occluded is None
-                         else np.asarray(self.occluded, dtype=np.int64))
-        if self.scores is not None:
-            self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        for name in ("boxes_camera", "bbox", "truncated", "occluded", "scores"):
-            value = getattr(self, name)
-            if value is not None and value.shape[0] != m:
-                raise ValueError(f"KittiFrameBoxes {self.frame_id!r}: {name} has {value.shape[0]} rows for {m} names")
-        self._lower = np.array([n.lower() for n in self.names], dtype=object)
-        # a NaN box or a size <= 0 is refused, never dropped (docs/conventions.md "Ground truth");
-        # DontCare rows carry the format's -1 / -1000 placeholders
-        real = self._lower != "dontcare"
-        sizes_ok = (self.boxes_camera[:, 3:6] > 0).all(axis=1)
-        bad = np.flatnonzero(real & ~(np.isfinite(self.boxes_camera).all(axis=1) & sizes_ok))
-        if bad.size:
-            what = "detection" if self.scores is not None else "ground truth"
-            raise ValueError(f"{what} of frame {self.frame_id!r}: box {bad[0]} {self.boxes_camera[bad[0]].round(4).tolist()} "
-                             "has a NaN or inf value or a size (h, w, l) that is not > 0")
-
-    def __len__(self) -> int:
-        return len(self.names)
 
 
 def _iou_layout(boxes_camera: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 from pc3d.compat.openpcdet import DETECTORS, FAMILY
 from pc3d.compat.registry import ConversionError, RefContext, convert_sections, family
 from pc3d.compat.stages import build_detector
-from pc3d.engine.checkpoint import load_model_weights
+from pc3d.checkpoint import load_model_weights
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 KEY_FILES = sorted(FIXTURE_DIR.glob("*.keys.json"))

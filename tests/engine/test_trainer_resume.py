@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pc3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from pc3d.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from pc3d.engine.trainer import Trainer
 
 
