@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from pc3d.config import dump_config, require_keys
 from pc3d.data.augment import GlobalAugmentation
 from pc3d.data.build import build_dataset
+from pc3d.data.gt_sampling import GTSampler
 from pc3d.engine.checkpoint import (load_checkpoint, load_model_weights, restore_rng_state, rng_state,
                                     save_checkpoint)
 from pc3d.engine.distributed import DistInfo
@@ -26,7 +27,7 @@ from pc3d.structures import collate
 
 TRAIN_KEYS = ("epochs", "max_steps", "batch_size", "num_workers", "optimizer", "schedule", "grad_clip", "amp",
               "ema", "augment", "seed", "deterministic", "log_every", "checkpoint_every_steps", "keep_checkpoints",
-              "min_box_points")
+              "min_box_points", "gt_sampling")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TrainSettings:
     # Boxes with fewer LiDAR points are dropped from training targets: a box with no points (fully
     # occluded) asks the network for a peak where there is no evidence (OpenPCDet drops them too).
     min_box_points: int = 1
+    # OpenPCDet-style GT sampling (pc3d.data.gt_sampling), applied before the global augmentation
+    gt_sampling: dict | None = None
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
@@ -149,7 +152,8 @@ class Trainer:
         s = self.settings
         set_determinism(s.seed, s.deterministic)
         self.augment = GlobalAugmentation.from_config(s.augment, s.seed)
-        transform = _TrainingTransform(s.min_box_points, self.augment)
+        self.gt_sampler = GTSampler.from_config(s.gt_sampling, s.seed, data_root or cfg["dataset"].get("root") or ".")
+        transform = _TrainingTransform(s.min_box_points, self.augment, self.gt_sampler)
         self.dataset = build_dataset(cfg["dataset"], cfg["dataset"].get("train_split", "train"), transform, data_root)
         if len(self.dataset) == 0:
             raise ValueError(f"training split of {cfg['dataset']['root']} has no frames")
@@ -214,6 +218,8 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         if self.augment is not None:
             self.augment.epoch = self.epoch
+        if self.gt_sampler is not None:
+            self.gt_sampler.epoch = self.epoch
         sampler = SkipFirst(self.sampler, self.step_in_epoch * self.settings.batch_size)
         # A private generator keeps the loader from drawing on the global RNG (exact resume).
         return DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=sampler, drop_last=True,
@@ -301,15 +307,18 @@ class Trainer:
 
 
 class _TrainingTransform:
-    """Drops boxes with fewer than `min_points` points (when counts are known), then augments."""
+    """Drops boxes with fewer than `min_points` points (when counts are known), pastes database objects
+    (GT sampling, as OpenPCDet: before the global augmentation), then augments."""
 
-    def __init__(self, min_points: int, augment: GlobalAugmentation | None):
-        self.min_points, self.augment = min_points, augment
+    def __init__(self, min_points: int, augment: GlobalAugmentation | None, gt_sampler: GTSampler | None = None):
+        self.min_points, self.augment, self.gt_sampler = min_points, augment, gt_sampler
 
     def __call__(self, frame):
         boxes = frame.gt_boxes
         if boxes is not None and boxes.num_points is not None and self.min_points > 0:
             frame = replace(frame, gt_boxes=boxes[boxes.num_points >= self.min_points])
+        if self.gt_sampler is not None and frame.gt_boxes is not None:
+            frame = self.gt_sampler(frame)
         return self.augment(frame) if self.augment is not None else frame
 
 
