@@ -6,7 +6,7 @@ from pathlib import Path
 from pc3d.config import ConfigError, require_keys
 
 DATASET_KEYS = ("type", "root", "class_names", "point_features", "point_range", "train_split", "val_split",
-                "max_frames", "sweeps")
+                "max_frames", "sweeps", "balanced_resampling")
 
 
 def build_dataset(cfg: dict, split: str, transform=None, root: str | None = None):

@@ -39,6 +39,7 @@ class GTObject:
     difficulty: int
     num_points: int
     source: str              # frame id it was cut from
+    velocity: np.ndarray | None = None   # (2,) vx, vy when the database has them (nuScenes)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DBEntry:
     sample_idx: str
     point_features: tuple[str, ...]
     box_origin: str
+    velocity: np.ndarray | None = None
 
 
 def dbinfos_name(prefix: str, split: str) -> str:
@@ -76,8 +78,8 @@ def write_gt_database(frames: Iterable, root, prefix: str, split: str, point_fea
             raise ValueError(f"frame {frame.frame_id!r}: point features {frame.points.feature_names}, "
                              f"expected {features}")
         pts = frame.points.points.numpy()
-        box_array = boxes.boxes[:, :7].numpy().astype(np.float32)
-        inside = points_in_boxes(pts[:, :3], box_array)
+        box_array = boxes.boxes.numpy().astype(np.float32)   # (M, 7), or (M, 9) with velocity
+        inside = points_in_boxes(pts[:, :3], box_array[:, :7])
         difficulty = boxes.difficulty.tolist() if boxes.difficulty is not None else [0] * len(boxes)
         for i, name in enumerate(boxes.names):
             if class_names is not None and name not in class_names:
@@ -139,12 +141,13 @@ class GTDatabase:
         features = tuple(item.get("point_features") or point_features or ())
         if len(features) < 3:
             raise ValueError(f"{where}: the point features of the object files are unknown; pass point_features")
+        velocity = box[7:9].copy() if box.shape[0] >= 9 and np.all(np.isfinite(box[7:9])) else None
         box = box[:7].copy()
         if origin == "bottom":
             box[2] += box[5] / 2
         return DBEntry(name, str(item["path"]), box, int(item["num_points_in_gt"]),
                        int(item.get("difficulty", 0)), str(item.get("sample_idx", item.get("image_idx", ""))),
-                       features, origin)
+                       features, origin, velocity)
 
     @property
     def class_names(self) -> list[str]:
@@ -175,7 +178,8 @@ class GTDatabase:
             if missing:
                 raise ValueError(f"{path}: features {missing} requested, the database has {list(entry.point_features)}")
             pts = pts[:, [entry.point_features.index(f) for f in features]]
-        return GTObject(entry.name, entry.box.copy(), pts, entry.difficulty, entry.num_points, entry.sample_idx)
+        return GTObject(entry.name, entry.box.copy(), pts, entry.difficulty, entry.num_points, entry.sample_idx,
+                        entry.velocity)
 
 
 def write_dataset_gt_database(dataset, root, prefix: str, progress: bool = False) -> Path:
@@ -185,3 +189,39 @@ def write_dataset_gt_database(dataset, root, prefix: str, progress: bool = False
     frames = (dataset[i] for i in tqdm(range(len(dataset)), desc=f"gt database {prefix}", disable=not progress))
     return write_gt_database(frames, root, prefix, dataset.split, dataset.point_features,
                              class_names=dataset.class_names)
+
+
+# -- tools/create_data.py {kitti, nuscenes, lyft} --root DIR --split S --gt-database ------------------------
+DATASET_PREFIX = {"kitti": "kitti", "nuscenes": "nuscenes", "lyft": "lyft"}
+
+
+def add_arguments(parser) -> None:
+    """Options of `tools/create_data.py kitti|nuscenes|lyft` (the database is written beside the data)."""
+    parser.add_argument("--root", type=Path, required=True, help="dataset root (KITTI object/ or the devkit root)")
+    parser.add_argument("--split", default="train", help="split whose objects go into the database")
+    parser.add_argument("--version", default=None, help="nuScenes / Lyft table version (default: the one found)")
+    parser.add_argument("--sweeps", type=int, default=10, help="nuScenes / Lyft sweeps per key frame (as training)")
+    parser.add_argument("--classes", nargs="+", default=None, help="classes to keep (default: the loader's)")
+    parser.add_argument("--out", type=Path, default=None, help="where the database goes (default: --root)")
+    parser.add_argument("--gt-database", action="store_true", required=True,
+                        help="cut every labelled object into <out>/gt_database + <dataset>_dbinfos_<split>.pkl")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    kind = args.dataset
+    if not args.root.exists():
+        raise SystemExit(f"--root {args.root} does not exist")
+    if kind == "kitti":
+        from pc3d.data.kitti import KittiDataset
+        kw = {"class_names": tuple(args.classes)} if args.classes else {}
+        dataset = KittiDataset(args.root, args.split, **kw)
+    else:
+        from pc3d.data.nuscenes import NUSCENES_CLASSES, NuScenesDataset
+        classes = tuple(args.classes) if args.classes else (NUSCENES_CLASSES if kind == "nuscenes" else None)
+        if classes is None:
+            raise SystemExit("lyft: name the classes to keep with --classes (Lyft's category names are its own)")
+        dataset = NuScenesDataset(args.root, args.split, classes, sweeps=args.sweeps, version=args.version)
+    path = write_dataset_gt_database(dataset, args.out or args.root, DATASET_PREFIX[kind], progress=not args.no_progress)
+    print(f"wrote the GT database {path} ({len(GTDatabase(path))} objects)")
+    return 0

@@ -124,7 +124,8 @@ class GTSampler:
             if want <= 0 or not pool:
                 continue
             picks = rng.choice(len(pool), size=min(want, len(pool)), replace=False)
-            candidates = [pool[i] for i in picks if pool[i].sample_idx != frame.frame_id]
+            source = frame.frame_id.split("#")[0]  # CBGS copies are "<id>#<k>": never paste a frame into itself
+            candidates = [pool[i] for i in picks if pool[i].sample_idx != source]
             if not candidates:
                 continue
             cand = np.stack([e.box for e in candidates])
@@ -172,8 +173,9 @@ def _merged_boxes(old: Boxes3D | None, objects, points: np.ndarray) -> Boxes3D |
     if missing:
         raise ValueError(f"GT sampling pasted classes {missing} that the dataset's class_names {list(class_names)} lack")
     box = np.stack([o.box for o in objects]).astype(np.float32)
-    if old.has_velocity:  # database objects carry no velocity: a pasted object is taken as standing still
-        box = np.concatenate([box, np.zeros((len(box), 2), np.float32)], axis=1)
+    if old.has_velocity:  # a database without velocities (not nuScenes') pastes objects standing still
+        velocity = [o.velocity if o.velocity is not None else np.zeros(2, np.float32) for o in objects]
+        box = np.concatenate([box, np.stack(velocity).astype(np.float32)], axis=1)
     boxes = torch.cat([old.boxes, torch.from_numpy(box)])
     labels = torch.cat([old.labels, torch.tensor([class_names.index(o.name) for o in objects])])
     difficulty = None

@@ -154,7 +154,13 @@ class Trainer:
         self.augment = GlobalAugmentation.from_config(s.augment, s.seed)
         self.gt_sampler = GTSampler.from_config(s.gt_sampling, s.seed, data_root or cfg["dataset"].get("root") or ".")
         transform = _TrainingTransform(s.min_box_points, self.augment, self.gt_sampler)
-        self.dataset = build_dataset(cfg["dataset"], cfg["dataset"].get("train_split", "train"), transform, data_root)
+        split = cfg["dataset"].get("train_split", "train")
+        if cfg["dataset"].get("balanced_resampling"):  # CBGS: the wrapper applies the transform to its draws
+            from pc3d.data.cbgs import CBGSDataset
+            self.dataset = CBGSDataset(build_dataset(cfg["dataset"], split, None, data_root),
+                                       cfg["dataset"]["class_names"], s.seed, transform)
+        else:
+            self.dataset = build_dataset(cfg["dataset"], split, transform, data_root)
         if len(self.dataset) == 0:
             raise ValueError(f"training split of {cfg['dataset']['root']} has no frames")
         self.sampler = DistributedSampler(self.dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,

@@ -113,6 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-nlz", action="store_true", help="keep points inside no-label zones (dropped by default)")
     parser.add_argument("--first-return-only", action="store_true", help="skip the second lidar return")
     parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per segment (debugging)")
+    parser.add_argument("--gt-database", action="store_true",
+                        help="also cut every labelled object into <out>/gt_database + waymo_dbinfos_<split>.pkl")
 
 
 def run(args) -> int:
@@ -147,4 +149,10 @@ def run(args) -> int:
     rate = frames / elapsed if elapsed > 0 else 0.0
     print(f"waymo: {converted} segments converted, {skipped} already done; {frames} frames in {elapsed:.1f} s "
           f"({rate:.2f} frames/s) -> {target}")
+    if getattr(args, "gt_database", False):
+        from pc3d.data.gt_database import write_dataset_gt_database
+        from pc3d.data.info_dataset import InfoDataset
+        classes = CLASS_NAMES_WITH_SIGN if args.include_sign else CLASS_NAMES
+        db = write_dataset_gt_database(InfoDataset(out, split, classes, POINT_FEATURES), out, "waymo")
+        print(f"waymo: GT database -> {db}")
     return 0
