@@ -20,7 +20,8 @@ def build_dataset(cfg: dict, split: str, transform=None, root: str | None = None
     kind = cfg["type"]
     if kind in ("synthetic", "waymo", "info"):
         from pc3d.data.info_dataset import InfoDataset
-        return InfoDataset(root, split, cfg["class_names"], cfg["point_features"], transform, cfg.get("max_frames"))
+        return InfoDataset(root, split, cfg["class_names"], cfg["point_features"], transform, cfg.get("max_frames"),
+                           sweeps=cfg.get("sweeps") or 1)
     if kind == "kitti":
         from pc3d.data.kitti import KittiDataset
         return KittiDataset(root, split, cfg["class_names"], cfg["point_features"], transform)
