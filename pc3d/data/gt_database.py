@@ -182,12 +182,12 @@ class GTDatabase:
                         entry.velocity)
 
 
-def write_dataset_gt_database(dataset, root, prefix: str, progress: bool = False) -> Path:
+def write_dataset_gt_database(dataset, root, prefix: str, split: str | None = None, progress: bool = False) -> Path:
     """The database of a pc3d dataset object (un-augmented frames, all its classes), beside its infos."""
     from tqdm import tqdm
 
     frames = (dataset[i] for i in tqdm(range(len(dataset)), desc=f"gt database {prefix}", disable=not progress))
-    return write_gt_database(frames, root, prefix, dataset.split, dataset.point_features,
+    return write_gt_database(frames, root, prefix, split or dataset.split, dataset.point_features,
                              class_names=dataset.class_names)
 
 
@@ -222,6 +222,7 @@ def run(args) -> int:
         if classes is None:
             raise SystemExit("lyft: name the classes to keep with --classes (Lyft's category names are its own)")
         dataset = NuScenesDataset(args.root, args.split, classes, sweeps=args.sweeps, version=args.version)
-    path = write_dataset_gt_database(dataset, args.out or args.root, DATASET_PREFIX[kind], progress=not args.no_progress)
+    path = write_dataset_gt_database(dataset, args.out or args.root, DATASET_PREFIX[kind], args.split,
+                                     progress=not args.no_progress)
     print(f"wrote the GT database {path} ({len(GTDatabase(path))} objects)")
     return 0
