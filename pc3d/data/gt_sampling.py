@@ -166,8 +166,11 @@ class GTSampler:
 
 
 def _merged_boxes(old: Boxes3D | None, objects, points: np.ndarray) -> Boxes3D | None:
-    if not objects:
-        return old
+    if not objects:  # every candidate was hidden: the scene's own boxes may still have lost points behind them
+        if old.num_points is None or not len(old):
+            return old
+        counts = count_points_in_boxes(points[:, :3], old.boxes[:, :7].numpy()).astype(np.int64)
+        return replace(old, num_points=torch.from_numpy(counts))
     class_names = old.class_names
     missing = sorted({o.name for o in objects} - set(class_names))
     if missing:
