@@ -30,7 +30,7 @@ from pc3d.data.gt_database import DBEntry, GTDatabase
 from pc3d.structures import Boxes3D, Frame, PointCloud
 
 GT_SAMPLING_KEYS = ("db_info", "sample_groups", "min_points", "exclude_difficulty", "limit_whole_scene",
-                    "remove_extra_width", "visibility", "point_features", "box_origin")
+                    "remove_extra_width", "visibility", "point_features", "box_origin", "disable_after_epoch")
 VISIBILITY_KEYS = ("sensor_origin", "azimuth_resolution_deg", "inclination_resolution_deg", "depth_tolerance")
 # A separate stream from GlobalAugmentation's (same seed, epoch and frame) so that turning GT sampling
 # on does not change which flips and rotations a frame gets.
@@ -65,6 +65,9 @@ class GTSampler:
     limit_whole_scene: bool = True
     remove_extra_width: tuple[float, float, float] = (0.0, 0.0, 0.0)
     visibility: Visibility | None = None
+    # The "fade" of PointAugmenting / mmdet3d's DisableObjectSampleHook: the last epochs train on real scenes
+    # only, so the detector ends on the true context and object density. None = never.
+    disable_after_epoch: int | None = None
     seed: int = 0
     epoch: int = 0
 
@@ -78,6 +81,11 @@ class GTSampler:
         unknown = set(self.min_points) - set(self.sample_groups)
         if unknown:
             raise ValueError(f"train.gt_sampling.min_points names classes {sorted(unknown)} that are not sampled")
+        if self.disable_after_epoch is not None and (isinstance(self.disable_after_epoch, bool) or
+                                                     not isinstance(self.disable_after_epoch, int) or
+                                                     self.disable_after_epoch < 0):
+            raise ValueError(f"train.gt_sampling.disable_after_epoch must be an int >= 0 or null, "
+                             f"got {self.disable_after_epoch!r}")
         if len(self.remove_extra_width) != 3:
             raise ValueError(f"train.gt_sampling.remove_extra_width needs 3 numbers, got {self.remove_extra_width}")
         excluded = set(self.exclude_difficulty)
@@ -108,7 +116,8 @@ class GTSampler:
             vis = Visibility(**{k: tuple(v) if isinstance(v, list) else v for k, v in vis.items()})
         return cls(database, dict(cfg["sample_groups"]), dict(cfg.get("min_points") or {}),
                    tuple(cfg.get("exclude_difficulty") or ()), bool(cfg.get("limit_whole_scene", True)),
-                   tuple(cfg.get("remove_extra_width") or (0.0, 0.0, 0.0)), vis or None, seed)
+                   tuple(cfg.get("remove_extra_width") or (0.0, 0.0, 0.0)), vis or None,
+                   cfg.get("disable_after_epoch"), seed)
 
     # -- sampling --------------------------------------------------------------------------------
     def choose(self, frame: Frame) -> list[DBEntry]:
@@ -141,7 +150,13 @@ class GTSampler:
                 placed = np.concatenate([placed, cand[kept]])
         return chosen
 
+    @property
+    def active(self) -> bool:
+        return self.disable_after_epoch is None or self.epoch < self.disable_after_epoch
+
     def __call__(self, frame: Frame) -> Frame:
+        if not self.active:
+            return frame
         entries = self.choose(frame)
         if not entries:
             return frame

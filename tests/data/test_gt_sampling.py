@@ -119,6 +119,18 @@ def test_same_seed_same_sample_and_epochs_differ(synthetic_db):
     assert [e.path for e in sampler(GTDatabase(path), seed=5).choose(frame)] != [e.path for e in a.choose(frame)]
 
 
+def test_disable_after_epoch(synthetic_db):
+    root, path = synthetic_db
+    frame = InfoDataset(root, "train", CLASSES, FEATURES)[1]
+    s = sampler(GTDatabase(path), disable_after_epoch=2)
+    s.epoch = 1
+    assert len(s(frame).gt_boxes) > len(frame.gt_boxes)
+    s.epoch = 2
+    assert s(frame) is frame
+    with pytest.raises(ValueError, match="disable_after_epoch must be an int >= 0"):
+        sampler(GTDatabase(path), disable_after_epoch=-1)
+
+
 def test_visibility_hides_what_is_behind(synthetic_db):
     root, path = synthetic_db
     db = GTDatabase(path)
