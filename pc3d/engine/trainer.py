@@ -226,6 +226,8 @@ class Trainer:
             self.augment.epoch = self.epoch
         if self.gt_sampler is not None:
             self.gt_sampler.epoch = self.epoch
+            if not self.gt_sampler.active and self.step_in_epoch == 0:
+                self.log.info(f"epoch {self.epoch}: GT sampling off (train.gt_sampling.disable_after_epoch)")
         sampler = SkipFirst(self.sampler, self.step_in_epoch * self.settings.batch_size)
         # A private generator keeps the loader from drawing on the global RNG (exact resume).
         return DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=sampler, drop_last=True,
