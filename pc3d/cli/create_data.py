@@ -4,6 +4,8 @@
     tools/create_data.py synthetic --out DIR --frames N --seed S [--split val]
     tools/create_data.py waymo --root SEGMENTS_DIR --out DIR [--workers N]
     tools/create_data.py registration --out DIR --pairs N --seed S
+    tools/create_data.py {kitti,nuscenes,lyft} --root DIR --split train --gt-database
+    (synthetic and waymo take --gt-database too: objects cut into <out>/gt_database + *_dbinfos_<split>.pkl)
 """
 import argparse
 import importlib
@@ -16,6 +18,9 @@ CONVERTERS = {
     "synthetic": ("pc3d.data.synthetic.writer", "synthetic LiDAR frames with labels (the embedded default dataset)"),
     "registration": ("pc3d.data.synthetic.registration_pairs", "synthetic registration pairs in the 3DMatch layout"),
     "waymo": ("pc3d.data.waymo.convert", "Waymo Open Dataset segments (.tfrecord) without TensorFlow"),
+    "kitti": ("pc3d.data.gt_database", "GT-sampling database of a KITTI split (--gt-database)"),
+    "nuscenes": ("pc3d.data.gt_database", "GT-sampling database of a nuScenes split (--gt-database)"),
+    "lyft": ("pc3d.data.gt_database", "GT-sampling database of a Lyft split (--gt-database)"),
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from pc3d.config import ConfigError, require_keys
 
 DATASET_KEYS = ("type", "root", "class_names", "point_features", "point_range", "train_split", "val_split",
-                "max_frames", "sweeps", "intensity_max", "class_map")
+                "max_frames", "sweeps", "intensity_max", "class_map", "balanced_resampling")
 
 
 def build_dataset(cfg: dict, split: str, transform=None, root: str | None = None):
@@ -21,7 +21,7 @@ def build_dataset(cfg: dict, split: str, transform=None, root: str | None = None
     if kind in ("synthetic", "waymo", "info"):
         from pc3d.data.info_dataset import InfoDataset
         return InfoDataset(root, split, cfg["class_names"], cfg["point_features"], transform, cfg.get("max_frames"),
-                           class_map=cfg.get("class_map"))
+                           class_map=cfg.get("class_map"), sweeps=cfg.get("sweeps") or 1)
     if kind == "kitti":
         from pc3d.data.kitti import KittiDataset
         return KittiDataset(root, split, cfg["class_names"], cfg["point_features"], transform,

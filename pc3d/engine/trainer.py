@@ -21,12 +21,13 @@ from pc3d.data.augment import GlobalAugmentation
 from pc3d.data.build import build_dataset
 from pc3d.checkpoint import (load_checkpoint, load_model_weights, restore_rng_state, rng_state,
                              save_checkpoint)
+from pc3d.data.gt_sampling import GTSampler
 from pc3d.engine.distributed import DistInfo
 from pc3d.structures import collate
 
 TRAIN_KEYS = ("epochs", "max_steps", "batch_size", "num_workers", "optimizer", "schedule", "grad_clip", "amp",
               "ema", "augment", "seed", "deterministic", "log_every", "checkpoint_every_steps", "keep_checkpoints",
-              "min_box_points")
+              "min_box_points", "gt_sampling")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TrainSettings:
     # Boxes with fewer LiDAR points are dropped from training targets: a box with no points (fully
     # occluded) asks the network for a peak where there is no evidence (OpenPCDet drops them too).
     min_box_points: int = 1
+    # OpenPCDet-style GT sampling (pc3d.data.gt_sampling), applied before the global augmentation
+    gt_sampling: dict | None = None
 
     def __post_init__(self):
         # A zero or negative count would divide by zero or train nothing; each error names the key.
@@ -162,8 +165,15 @@ class Trainer:
         s = self.settings
         set_determinism(s.seed, s.deterministic)
         self.augment = GlobalAugmentation.from_config(s.augment, s.seed)
-        transform = _TrainingTransform(s.min_box_points, self.augment)
-        self.dataset = build_dataset(cfg["dataset"], cfg["dataset"].get("train_split", "train"), transform, data_root)
+        self.gt_sampler = GTSampler.from_config(s.gt_sampling, s.seed, data_root or cfg["dataset"].get("root") or ".")
+        transform = _TrainingTransform(s.min_box_points, self.augment, self.gt_sampler)
+        split = cfg["dataset"].get("train_split", "train")
+        if cfg["dataset"].get("balanced_resampling"):  # CBGS: the wrapper applies the transform to its draws
+            from pc3d.data.cbgs import CBGSDataset
+            self.dataset = CBGSDataset(build_dataset(cfg["dataset"], split, None, data_root),
+                                       cfg["dataset"]["class_names"], s.seed, transform)
+        else:
+            self.dataset = build_dataset(cfg["dataset"], split, transform, data_root)
         if len(self.dataset) == 0:
             raise ValueError(f"training split of {cfg['dataset']['root']} has no frames")
         self.sampler = DistributedSampler(self.dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
@@ -227,6 +237,10 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         if self.augment is not None:
             self.augment.epoch = self.epoch
+        if self.gt_sampler is not None:
+            self.gt_sampler.epoch = self.epoch
+            if not self.gt_sampler.active and self.step_in_epoch == 0:
+                self.log.info(f"epoch {self.epoch}: GT sampling off (train.gt_sampling.disable_after_epoch)")
         sampler = SkipFirst(self.sampler, self.step_in_epoch * self.settings.batch_size)
         # A private generator keeps the loader from drawing on the global RNG (exact resume).
         return DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=sampler, drop_last=True,
@@ -314,15 +328,18 @@ class Trainer:
 
 
 class _TrainingTransform:
-    """Drops boxes with fewer than `min_points` points (when counts are known), then augments."""
+    """Drops boxes with fewer than `min_points` points (when counts are known), pastes database objects
+    (GT sampling, as OpenPCDet: before the global augmentation), then augments."""
 
-    def __init__(self, min_points: int, augment: GlobalAugmentation | None):
-        self.min_points, self.augment = min_points, augment
+    def __init__(self, min_points: int, augment: GlobalAugmentation | None, gt_sampler: GTSampler | None = None):
+        self.min_points, self.augment, self.gt_sampler = min_points, augment, gt_sampler
 
     def __call__(self, frame):
         boxes = frame.gt_boxes
         if boxes is not None and boxes.num_points is not None and self.min_points > 0:
             frame = replace(frame, gt_boxes=boxes[boxes.num_points >= self.min_points])
+        if self.gt_sampler is not None and frame.gt_boxes is not None:
+            frame = self.gt_sampler(frame)
         return self.augment(frame) if self.augment is not None else frame
 
 

@@ -143,6 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--scene", default="street", choices=["street", "small", "empty"], help="SceneConfig preset")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = none)")
     parser.add_argument("--drop-empty-boxes", action="store_true", help="omit boxes with 0 points from the infos")
+    parser.add_argument("--gt-database", action="store_true",
+                        help="also cut every labelled object into <out>/gt_database + synthetic_dbinfos_<split>.pkl "
+                             "(for train.gt_sampling)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -155,7 +158,19 @@ def run(args: argparse.Namespace) -> int:
                                    workers=args.workers, drop_empty_boxes=args.drop_empty_boxes,
                                    progress=not args.no_progress)
     print(f"wrote {args.frames} {args.split} frames to {path}")
+    if getattr(args, "gt_database", False):
+        db = write_synthetic_gt_database(args.out, args.split, progress=not args.no_progress)
+        print(f"wrote the GT database {db}")
     return 0
+
+
+def write_synthetic_gt_database(root, split: str = "train", progress: bool = False) -> Path:
+    """`<root>/synthetic_dbinfos_<split>.pkl` + `<root>/gt_database/` from a written split (all classes)."""
+    from pc3d.data.gt_database import write_dataset_gt_database
+    from pc3d.data.info_dataset import InfoDataset
+
+    dataset = InfoDataset(root, split, CLASS_NAMES, POINT_FEATURES)
+    return write_dataset_gt_database(dataset, root, "synthetic", progress=progress)
 
 
 if __name__ == "__main__":

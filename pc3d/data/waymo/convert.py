@@ -62,7 +62,7 @@ def convert_segment(segment: Path, out: Path, include_sign: bool = False, drop_n
         return name, 0, 0.0
     (out / "points").mkdir(parents=True, exist_ok=True)
     seg_dir.mkdir(parents=True, exist_ok=True)
-    infos = []
+    infos, poses = [], {}
     for index, record in enumerate(iter_tfrecord(segment)):
         if max_frames is not None and index >= max_frames:
             break
@@ -74,23 +74,32 @@ def convert_segment(segment: Path, out: Path, include_sign: bool = False, drop_n
         relpath = f"points/{frame_id(frame)}.npy"
         _atomic_save_npy(out / relpath, points)
         infos.append(frame_to_info(frame, relpath, include_sign))
+        # vehicle -> global, for multi-frame input (dataset.sweeps): kept beside the infos
+        transform = np.asarray(frame.pose.transform, dtype=np.float64)
+        poses[infos[-1]["frame_id"]] = transform.reshape(4, 4).tolist() if transform.size == 16 else np.eye(4).tolist()
+    _atomic_write_bytes(seg_dir / f"{name}.poses.json", json.dumps(poses).encode())
     _atomic_write_bytes(info_path, json.dumps(infos).encode())
     _atomic_write_bytes(done, b"ok\n")
     return name, len(infos), time.perf_counter() - start
 
 
 def merge_infos(out: Path, segments: list[Path], split: str, include_sign: bool = False) -> Path:
-    """Write `<out>/<split>_infos.json` from the per-segment JSON files (in segment order)."""
-    frames = []
+    """Write `<out>/<split>_infos.json` (and `<split>_poses.json`) from the per-segment files (in segment order)."""
+    frames, poses = [], {}
     for segment in segments:
         name = segment_name(segment)
         path = out / "segments" / f"{name}.json"
         if not (out / "segments" / f"{name}.done").exists():
             raise RuntimeError(f"segment {name} is not converted (no done marker in {out / 'segments'})")
         frames.extend(json.loads(path.read_text()))
+        pose_path = out / "segments" / f"{name}.poses.json"
+        if pose_path.exists():  # segments converted before poses were kept have none
+            poses.update(json.loads(pose_path.read_text()))
     infos = {"dataset": "waymo", "class_names": list(CLASS_NAMES_WITH_SIGN if include_sign else CLASS_NAMES),
              "point_features": list(POINT_FEATURES), "frames": frames}
     target = out / f"{split}_infos.json"
+    if poses:
+        _atomic_write_bytes(out / f"{split}_poses.json", json.dumps(poses).encode())
     _atomic_write_bytes(target, json.dumps(infos).encode())
     return target
 
@@ -113,6 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-nlz", action="store_true", help="keep points inside no-label zones (dropped by default)")
     parser.add_argument("--first-return-only", action="store_true", help="skip the second lidar return")
     parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per segment (debugging)")
+    parser.add_argument("--gt-database", action="store_true",
+                        help="also cut every labelled object into <out>/gt_database + waymo_dbinfos_<split>.pkl")
 
 
 def run(args) -> int:
@@ -147,4 +158,10 @@ def run(args) -> int:
     rate = frames / elapsed if elapsed > 0 else 0.0
     print(f"waymo: {converted} segments converted, {skipped} already done; {frames} frames in {elapsed:.1f} s "
           f"({rate:.2f} frames/s) -> {target}")
+    if getattr(args, "gt_database", False):
+        from pc3d.data.gt_database import write_dataset_gt_database
+        from pc3d.data.info_dataset import InfoDataset
+        classes = CLASS_NAMES_WITH_SIGN if args.include_sign else CLASS_NAMES
+        db = write_dataset_gt_database(InfoDataset(out, split, classes, POINT_FEATURES), out, "waymo")
+        print(f"waymo: GT database -> {db}")
     return 0
