@@ -283,7 +283,7 @@ def test_create_data_kitti_gt_database(shared_data, tmp_path, capsys):
 def test_create_data_nuscenes_gt_database_keeps_velocity(tmp_path, capsys):
     pytest.importorskip("nuscenes")
     from pc3d.cli.create_data import main
-    from pc3d.data.nuscenes_writer import write_nuscenes_tables
+    from pc3d.testing.nuscenes_writer import write_nuscenes_tables
     rng = np.random.default_rng(0)
     frames = []
     for i in range(2):

@@ -8,7 +8,7 @@ import pytest
 from pc3d.data.gt_database import GTDatabase
 from pc3d.data.info_dataset import InfoDataset
 from pc3d.data.waymo import convert
-from pc3d.data.waymo.synthetic_writer import default_lasers, write_synthetic_segment
+from pc3d.testing.waymo_synthetic_writer import default_lasers, write_synthetic_segment
 from pc3d.ops.box_geometry import points_in_boxes
 
 CLASSES = ("Vehicle", "Pedestrian", "Cyclist")
