@@ -4,7 +4,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from pc3d.evaluation.registration_metrics import relative_rotation_error, relative_translation_error
-from pc3d.models.registration.api import RegistrationResult, apply_transform, build_registration
+from pc3d.models.registration.api import RegistrationResult, apply_transform
+from pc3d.models.registration.build import build_registration
 from pc3d.models.registration.fpfh_ransac import FPFHRansacRegistration
 
 
