@@ -91,7 +91,7 @@ class SparseResNetBackbone(nn.Module):
     def output_grid(self, spatial_shape) -> tuple[int, int, int]:
         """Output `(nz, ny, nx)` for an input grid, by spconv's size rule `(n + 2p - k) // s + 1`, without running
         the network (the detector's build-time probe would run it on the CPU, where spconv-triton cannot)."""
-        shape = [int(n) for n in spatial_shape]
+        shape = [int(n) + p for n, p in zip(spatial_shape, self.grid_pad)]  # as forward pads the grid
         downs = [((3, 3, 3), (2, 2, 2), (1, 1, 1))] * 2 + [((3, 3, 3), (2, 2, 2), (self.last_z_padding, 1, 1))]
         if self.conv_out is not None:
             downs.append(((3, 1, 1), (2, 1, 1), (0, 0, 0)))
