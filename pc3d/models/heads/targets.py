@@ -152,8 +152,9 @@ class GroupTargets:
 
 
 def gaussian_radius_tensor(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.1) -> torch.Tensor:
-    """`gaussian_radius` for many boxes at once (float64 in, float64 out, same operations in the same order,
-    so every radius equals the scalar rule's: +, -, *, / and sqrt are exactly rounded in IEEE float64)."""
+    """`gaussian_radius` for many boxes at once (float64 in, float64 out, the same operations in the same order).
+    Equal to the scalar rule up to torch's vectorised CPU sqrt, which is not always correctly rounded (within
+    1e-13 relative; CUDA's is exact): the whole-cell radii the targets use agree (tested)."""
     zero = height.new_zeros(())
     b1 = height + width
     c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
@@ -195,11 +196,11 @@ def assign_targets(gt_boxes: Sequence[Boxes3D | None], class_groups: Sequence[Se
     group keeps both heatmap peaks but regresses the later one (as CenterPoint).
 
     Built with tensor ops on `device` (default: the boxes' device), with no per-box Python loop and no
-    copy to the host: training on a GPU does not stall on its targets. The result equals the per-box
-    numpy construction CenterPoint uses (kept in the tests as the reference), value for value.
+    data copied to the host (one size sync per group, for the number of heatmap cells painted): training on
+    a GPU does not stall on its targets. The result equals the per-box numpy construction CenterPoint uses
+    (kept in the tests as the reference), value for value.
     """
     height, width = geometry.shape
-    sx, sy = geometry.cell_size
     batch = len(gt_boxes)
     if device is None:
         device = next((gt.boxes.device for gt in gt_boxes if gt is not None), torch.device("cpu"))
