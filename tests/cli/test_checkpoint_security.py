@@ -8,20 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pc3d.data.synthetic import LidarConfig, SceneConfig, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
 CONFIG = REPO / "configs/synthetic/pointpillars_tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    for split in ("train", "val"):
-        write_synthetic_dataset(root, 2, seed=5, split=split, scene_config=SceneConfig.preset("small"),
-                                lidar_config=LidarConfig.preset("tiny16"), progress=False)
-    return root
 
 
 class _Payload:

@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pc3d.data.synthetic import LidarConfig, SceneConfig, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs/synthetic/pointpillars_tiny.yaml"
 SHIPPED = REPO / "configs/synthetic/flatformer_synthetic_tiny.yaml"
 SHIPPED_CKPT = REPO / "checkpoints/flatformer_synthetic_tiny.pth"
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    for split in ("train", "val"):
-        write_synthetic_dataset(root, 2, seed=5, split=split, scene_config=SceneConfig.preset("small"),
-                                lidar_config=LidarConfig.preset("tiny16"), progress=False)
-    return root
 
 
 def tool(name):

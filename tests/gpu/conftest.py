@@ -8,7 +8,6 @@ the CPU (CPU against CPU: the same code paths bar the kernels), which is how it 
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import os
 import zlib
@@ -16,6 +15,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
+
+from pc3d.testing.configs import tiny_widths
 
 DEVICE_ENV = "PC3D_GPU_TEST_DEVICE"
 
@@ -53,28 +54,6 @@ def seeded_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 values = rng.normal(0.0, 1.0 / np.sqrt(fan_in), param.shape)
             param.copy_(torch.from_numpy(values.astype(np.float32)))
     return model
-
-
-def tiny_widths(cfg: dict) -> dict:
-    """Shrink every width / depth of a published config (grid, windows and set sizes are kept), as
-    tests/models/test_detector.py does."""
-    cfg = copy.deepcopy(cfg)
-    model = cfg["model"]
-    if "channels" in model.get("vfe", {}):
-        model["vfe"]["channels"] = [16, 16]
-    b3 = model.get("backbone_3d", {})
-    replacements = {"dims": 16, "dim": 16, "num_heads": 2, "pool_heads": 2, "dim_feedforward": 32, "depths": 1,
-                    "num_blocks": 1, "num_layers": 1, "channels": [8, 8, 16, 16], "out_channels": 16,
-                    "blocks_per_stage": 1}
-    for key, value in replacements.items():
-        if key in b3:
-            b3[key] = value
-    b2 = model.get("backbone_2d", {})
-    if "num_filters" in b2:
-        n = len(b2["num_filters"])
-        b2.update(layer_nums=[1] * n, num_filters=[16] * n, num_upsample_filters=[16] * n)
-    model["head"]["shared_channels"] = 16
-    return cfg
 
 
 def scan_batch(scan: np.ndarray, cfg: dict):

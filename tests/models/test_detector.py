@@ -10,34 +10,12 @@ import torch
 from pc3d.config import load_config
 from pc3d.models.detector import Detector, DetectorLoss, build_detector, load_checkpoint
 from pc3d.structures import Boxes3D, Frame, PointCloud, collate
+from pc3d.testing.configs import tiny_widths
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = sorted((REPO / "configs" / "synthetic").glob("*_tiny.yaml"))
 WAYMO = sorted((REPO / "configs" / "waymo").glob("*.yaml"))
 NUSCENES = sorted((REPO / "configs" / "nuscenes").glob("*.yaml"))
-
-
-
-
-def tiny_widths(cfg: dict) -> dict:
-    """Shrink every width / depth of a published config (grid, windows and set sizes are kept)."""
-    cfg = copy.deepcopy(cfg)
-    model = cfg["model"]
-    if "channels" in model.get("vfe", {}):
-        model["vfe"]["channels"] = [16, 16]
-    b3 = model.get("backbone_3d", {})
-    replacements = {"dims": 16, "dim": 16, "num_heads": 2, "pool_heads": 2, "dim_feedforward": 32, "depths": 1,
-                    "num_blocks": 1, "num_layers": 1, "channels": [8, 8, 16, 16], "out_channels": 16,
-                    "blocks_per_stage": 1}
-    for key, value in replacements.items():
-        if key in b3:
-            b3[key] = value
-    b2 = model.get("backbone_2d", {})
-    if "num_filters" in b2:
-        n = len(b2["num_filters"])
-        b2.update(layer_nums=[1] * n, num_filters=[16] * n, num_upsample_filters=[16] * n)
-    model["head"]["shared_channels"] = 16
-    return cfg
 
 
 def real_batch(scan: np.ndarray, names, class_names, with_velocity=False):
