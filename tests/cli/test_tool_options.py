@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pc3d.testing.scenes import room_cloud
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,16 +140,7 @@ def test_register_refuses_degenerate_clouds(tmp_path, capsys, points, message):
 
 
 def _room(seed=0, n_per_face=400):
-    rng = np.random.default_rng(seed)
-    faces = []
-    for axis, value in [(2, 0.0), (0, 0.0), (1, 0.0), (0, 4.0)]:
-        pts = rng.uniform(0, [4, 3, 2.5], size=(n_per_face, 3))
-        pts[:, axis] = value
-        faces.append(pts)
-    box = rng.uniform([1, 1, 0], [1.8, 1.6, 0.9], size=(600, 3))
-    box[np.arange(600) % 3 == 0, 2] = 0.9
-    box[np.arange(600) % 3 == 1, 0] = 1.0
-    return np.concatenate(faces + [box])
+    return room_cloud(seed, n_per_face, 600)
 
 
 def test_register_gt_metrics_and_render(tmp_path, capsys):

@@ -5,22 +5,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from pc3d.testing.scenes import room_cloud
 from scipy.spatial.transform import Rotation
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _room(seed=0, n_per_face=1500):
-    rng = np.random.default_rng(seed)
-    faces = []
-    for axis, value in [(2, 0.0), (0, 0.0), (1, 0.0), (0, 4.0)]:
-        pts = rng.uniform(0, [4, 3, 2.5], size=(n_per_face, 3))
-        pts[:, axis] = value
-        faces.append(pts)
-    box = rng.uniform([1, 1, 0], [1.8, 1.6, 0.9], size=(1500, 3))
-    box[np.arange(1500) % 3 == 0, 2] = 0.9
-    box[np.arange(1500) % 3 == 1, 0] = 1.0
-    return np.concatenate(faces + [box])
+    return room_cloud(seed, n_per_face, 1500)
 
 
 def test_register_tool_fpfh_writes_transform(tmp_path):
