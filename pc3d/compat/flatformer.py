@@ -105,7 +105,8 @@ CONVERTERS = {"FlatFormer": StageConverter("FlatFormer", "middle_encoder", PREFI
 
 # ---------------------------------------------------------------- mmdet3d config / checkpoint files
 def _literal(node: ast.AST, names: dict):
-    """Evaluate a config expression made of literals, names bound earlier and `dict(...)` calls."""
+    """Evaluate a config expression made of literals, names bound earlier, `dict(...)` calls, indexing and
+    arithmetic (what mmdet3d configs write); anything else raises and the assignment is skipped."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
         return {kw.arg: _literal(kw.value, names) for kw in node.keywords}
     if isinstance(node, ast.Name):
@@ -116,7 +117,23 @@ def _literal(node: ast.AST, names: dict):
         return [_literal(e, names) for e in node.elts]
     if isinstance(node, ast.Dict):
         return {_literal(k, names): _literal(v, names) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.Subscript):  # e.g. voxel_size[:2]
+        value = _literal(node.value, names)
+        if isinstance(node.slice, ast.Slice):
+            bounds = [None if b is None else _literal(b, names) for b in (node.slice.lower, node.slice.upper,
+                                                                           node.slice.step)]
+            return value[slice(*bounds)]
+        return value[_literal(node.slice, names)]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _literal(node.operand, names)
+        return -value if isinstance(node.op, ast.USub) else +value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return _BINOPS[type(node.op)](_literal(node.left, names), _literal(node.right, names))
     return ast.literal_eval(node)
+
+
+_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b}
 
 
 def read_config(path: Path) -> dict:
@@ -130,7 +147,7 @@ def read_config(path: Path) -> dict:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
             try:
                 names[stmt.targets[0].id] = _literal(stmt.value, names)
-            except (ValueError, TypeError, SyntaxError):
+            except (ValueError, TypeError, SyntaxError, KeyError, IndexError, ZeroDivisionError):
                 continue  # computed values (e.g. pipelines built with code) are not needed here
     if not isinstance(names.get("model"), dict):
         raise ConversionError(f"--cfg {path}: no literal `model = dict(...)` found")

@@ -47,7 +47,8 @@ def test_tail_fixture_has_a_padded_group():
 
 def _write_mmdet3d(tmp_path, model_src: str, state: dict):
     cfg = tmp_path / "ff.py"
-    cfg.write_text("_base_ = ['../base.py']\nvoxel_size = (0.32, 0.32, 6)\n" + model_src)
+    cfg.write_text("_base_ = ['../base.py']\nvoxel_size = (0.32, 0.32, 6)\npoint_cloud_range = [-74.88, -74.88, -2, 74.88, 74.88, 4]\n"
+                   "pipeline = [dict(type='Load', dim=len(voxel_size))]\n" + model_src)
     ckpt = tmp_path / "ff.pth"
     torch.save({"state_dict": state, "meta": {}}, ckpt)
     return cfg, ckpt
@@ -56,8 +57,11 @@ def _write_mmdet3d(tmp_path, model_src: str, state: dict):
 def test_mmdet3d_files_convert_like_the_fixture(tmp_path):
     fx = load_fixture(TAIL)
     args = ", ".join(f"{k}={v!r}" for k, v in fx.model_cfg.items())
-    cfg_path, ckpt = _write_mmdet3d(tmp_path, f"model = dict(type='DynamicCenterPoint', middle_encoder=dict({args}))\n",
-                                    fx.state_dict)
+    cfg_path, ckpt = _write_mmdet3d(tmp_path, "model = dict(type='DynamicCenterPoint', voxel_layer=dict("
+                                    "voxel_size=voxel_size[:2], low=-point_cloud_range[0] * 2), "
+                                    f"middle_encoder=dict({args}))\n", fx.state_dict)
+    model = flatformer.read_config(cfg_path)["model"]
+    assert model["voxel_layer"] == {"voxel_size": [0.32, 0.32], "low": 149.76}
     cfg, state = flatformer.convert(cfg_path, ckpt)
     assert cfg["backbone_3d"]["mask_padding"] is False
     module = build_backbone_3d(cfg["backbone_3d"])
