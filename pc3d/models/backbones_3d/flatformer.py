@@ -4,7 +4,8 @@ Transformer", CVPR 2023).
 `num_blocks` blocks of 4 post-norm attention layers over equal-size groups of the flattened window
 orders x, x-shift, y, y-shift (`pc3d.ops.partition.flattened_windows`), with a sinusoidal position
 encoding of the global (x, y) voxel coordinates added to queries and keys. Pillar backbone: the
-output keeps the input voxels. Padded slots (FlatFormer's tail padding) are masked as keys.
+output keeps the input voxels. Padded slots (FlatFormer's tail padding) are masked as keys by default; the
+reference attends to them (`mask_padding=False`, set for converted checkpoints, docs/reference_parity.md).
 """
 from __future__ import annotations
 
