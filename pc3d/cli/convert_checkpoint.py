@@ -17,7 +17,7 @@ from pathlib import Path
 
 # --from value -> converter module (each has `convert(cfg_path, ckpt_path) -> (config, state_dict)`)
 # (a module with its own `write(cfg_path, ckpt_path, out)` writes a non-detector checkpoint format itself)
-SOURCES = {"openpcdet": "pc3d.compat.openpcdet", "roitr": "pc3d.compat.roitr"}
+SOURCES = {"openpcdet": "pc3d.compat.openpcdet", "roitr": "pc3d.compat.roitr", "flatformer": "pc3d.compat.flatformer"}
 
 
 def build_parser() -> argparse.ArgumentParser:

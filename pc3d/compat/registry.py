@@ -26,6 +26,7 @@ CONVERTER_MODULES = (
     "pc3d.compat.openpcdet",
     "pc3d.compat.dsvt",
     "pc3d.compat.roitr",
+    "pc3d.compat.flatformer",
 )
 
 # pc3d Detector attribute of each stage, in pipeline order
