@@ -106,7 +106,11 @@ def benchmark_metrics(cfg: dict, checkpoint=None, data_root=None, progress: bool
         metrics = {**summary["mean"], "scenes": summary["scenes"]}
     else:
         from pc3d.evaluation.roitr_protocol import evaluate
-        scored = evaluate(protocol_pairs, bench.root / "benchmarks" / bench.benchmark, rotated=bench.rotated)
+        try:
+            scored = evaluate(protocol_pairs, bench.root / "benchmarks" / bench.benchmark, rotated=bench.rotated)
+        except ZeroDivisionError:  # RoITr's recall divides by the pairs it counts: never a scene's first pair
+            raise ValueError(f"{bench.root}: a scene of {bench.benchmark} has no pair RoITr's protocol counts "
+                             "(non-consecutive and not the scene's first); use eval.protocol: pc3d") from None
         metrics = {"inlier_ratio": scored.inlier_ratio, "feature_matching_recall": scored.feature_matching_recall,
                    "registration_recall": scored.registration_recall, "num_pairs": count, "scenes": scored.scenes}
     metrics.update(protocol=protocol, benchmark=bench.benchmark, rotated=bench.rotated, method=method.name,
