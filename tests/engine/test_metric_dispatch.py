@@ -125,6 +125,9 @@ def test_fpfh_ransac_config_scores_a_3dmatch_benchmark(synthetic_benchmark, tmp_
     assert metrics["protocol"] == "pc3d" and metrics["method"] == "fpfh_ransac" and metrics["num_pairs"] == 2
     assert metrics["registration_recall"] == 1.0 and metrics["feature_matching_recall"] == 1.0
     assert json.loads((tmp_path / "a/metrics.json").read_text()) == metrics
+    from pc3d.engine.registration_benchmark import format_benchmark_metrics
+    rows = format_benchmark_metrics(metrics).splitlines()
+    assert rows[1].split()[0] == "synroom-0000" and rows[2].split()[0] == "mean" and rows[2].split()[-1] == "2"
     # the same numbers as scoring the pair by hand with the config's method
     src, ref = pair.src_points.astype(np.float64), pair.ref_points.astype(np.float64)
     result = FPFHRansacRegistration(voxel_size=0.05, max_iterations=100000, confidence=0.999, icp=True,
@@ -167,3 +170,77 @@ def test_real_3dmatch_layout_lists_every_pair(shared_data):
     scenes = sorted(p.name for p in (root / "benchmarks/3DMatch").iterdir() if (p / "gt.log").is_file())
     assert len(bench) == sum(len(read_gt_log(root / "benchmarks/3DMatch" / s / "gt.log")) for s in scenes) > 0
     assert bench.scenes == scenes
+
+
+def test_kitti_config_reports_the_benchmark_ap_beside_waymo_ap(shared_data, tmp_path):
+    """The KITTI family: label_2 ground truth through the devkit-style AP, next to the Waymo-style AP."""
+    from pc3d.data.build import build_dataset
+
+    if not (shared_data / "kitti/object/training/label_2/000000.txt").is_file():
+        pytest.skip("kitti/object/training missing")
+    (tmp_path / "ImageSets").mkdir()
+    (tmp_path / "ImageSets/val.txt").write_text("000000\n")
+    (tmp_path / "training").symlink_to(shared_data / "kitti/object/training")
+    cfg = load_config(REPO / "configs/_base_/kitti.yaml", [f"dataset.root={tmp_path}"])
+    cfg["eval"] = {"filter_to_point_range": False}
+    dataset = build_dataset(cfg["dataset"], "val")
+    gt = dataset.boxes_of(0)
+    exact = [Boxes3D(gt.boxes, gt.labels, gt.class_names, torch.full((len(gt),), 0.9))]
+    metrics = dataset_metrics(cfg, dataset, exact, [gt], tmp_path / "out")
+    kitti = {k: v for k, v in metrics.items() if k.startswith("kitti/")}
+    assert kitti and max(kitti.values()) > 0  # the ground truth scores on the KITTI benchmark
+    assert any(k.startswith("OBJECT_TYPE_") for k in metrics)
+
+
+def test_lyft_type_builds_the_devkit_loader(shared_data):
+    """`dataset.type: lyft` reads the devkit-schema tables (and is scored by the nuScenes family)."""
+    pytest.importorskip("nuscenes")
+    from pc3d.data.build import build_dataset
+    from pc3d.data.nuscenes import NuScenesDataset
+
+    root = shared_data / "lyft/v1.01-train"
+    if not root.is_dir():
+        pytest.skip(f"{root} missing")
+    ds = build_dataset({"type": "lyft", "root": str(root), "class_names": ["car", "pedestrian"],
+                        "point_features": ["x", "y", "z", "intensity", "time_lag"], "sweeps": 1}, "all")
+    assert isinstance(ds, NuScenesDataset) and len(ds) == 1
+    assert metric_family({"dataset": {"type": "lyft"}}) is NUSCENES
+
+
+def test_tools_test_on_a_nuscenes_config_prints_devkit_metrics(tmp_path, capsys):
+    """End to end through tools/test.py: a tiny PointPillars config on a nuScenes-format database gets the
+    devkit's mAP / NDS (random weights, so only the keys and the submission are checked, not the values)."""
+    pytest.importorskip("nuscenes")
+    from pc3d.checkpoint import save_checkpoint
+    from pc3d.cli.test import main
+    from pc3d.models.build import build_model
+    from pc3d.testing.nuscenes_writer import write_nuscenes_tables
+
+    write_nuscenes_tables(_nuscenes_frames(), tmp_path / "db", split="synthetic_val")
+    config = tmp_path / "nuscenes_tiny.yaml"
+    config.write_text(f"""_base_: {REPO / 'configs/synthetic/pointpillars_tiny.yaml'}
+dataset:
+  type: nuscenes
+  root: {tmp_path / 'db'}
+  class_names: [car, pedestrian, bicycle]
+  sweeps: 1
+  val_split: synthetic_val
+model:
+  head: {{class_groups: [[car], [pedestrian, bicycle]]}}
+""")
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    save_checkpoint({"model": build_model(cfg).state_dict()}, tmp_path / "random.pth")
+    assert main([str(config), str(tmp_path / "random.pth"), "--json", "--no-progress",
+                 "--out-dir", str(tmp_path / "eval")]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"mAP", "NDS", "mATE", "AP/car", "AP/pedestrian", "AP/bicycle"} <= set(metrics)
+    assert 0.0 <= metrics["mAP"] <= 1.0 and 0.0 <= metrics["NDS"] <= 1.0 and metrics["frames"] == 2
+    assert not any(k.startswith("OBJECT_TYPE_") for k in metrics)
+    submission = json.loads((tmp_path / "eval/nuscenes_eval/results_nusc.json").read_text())
+    assert len(submission["results"]) == 2
+    assert json.loads((tmp_path / "eval/metrics.json").read_text())["NDS"] == metrics["NDS"]
+    from pc3d.cli.test import format_nuscenes_metrics
+    table = format_nuscenes_metrics(metrics).splitlines()
+    assert table[0].startswith(f"mAP {metrics['mAP']:.4f} NDS {metrics['NDS']:.4f}")
+    assert [line.split()[0] for line in table[1:]] == ["car", "pedestrian", "bicycle"]
