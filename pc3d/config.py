@@ -18,7 +18,8 @@ from typing import Any, Iterable
 
 import yaml
 
-TOP_LEVEL_KEYS = ("dataset", "model", "train", "eval", "registration", "export", "name", "description")
+# every section something reads: dataset / model / train / eval by the tools, name / description by people
+TOP_LEVEL_KEYS = ("dataset", "model", "train", "eval", "name", "description")
 
 
 class ConfigError(ValueError):

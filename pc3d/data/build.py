@@ -26,11 +26,11 @@ def build_dataset(cfg: dict, split: str, transform=None, root: str | None = None
         from pc3d.data.kitti import KittiDataset
         return KittiDataset(root, split, cfg["class_names"], cfg["point_features"], transform,
                             class_map=cfg.get("class_map"))
-    if kind == "nuscenes":
+    if kind in ("nuscenes", "lyft"):  # Lyft ships its tables in the nuScenes devkit's schema
         if cfg.get("class_map"):
-            raise ConfigError("dataset.class_map is not supported for nuscenes (its devkit maps categories to the "
+            raise ConfigError(f"dataset.class_map is not supported for {kind} (its devkit maps categories to the "
                               "detection classes); leave it empty")
         from pc3d.data.nuscenes import NuScenesDataset
         return NuScenesDataset(root, split, cfg["class_names"], cfg["point_features"], transform,
                                sweeps=cfg.get("sweeps", 10))
-    raise ConfigError(f"dataset.type: unknown dataset type {kind!r}; known: synthetic, waymo, kitti, nuscenes")
+    raise ConfigError(f"dataset.type: unknown dataset type {kind!r}; known: synthetic, waymo, kitti, nuscenes, lyft")

@@ -195,34 +195,23 @@ def write_dataset_gt_database(dataset, root, prefix: str, split: str | None = No
 DATASET_PREFIX = {"kitti": "kitti", "nuscenes": "nuscenes", "lyft": "lyft"}
 
 
-def add_arguments(parser) -> None:
-    """Options of `tools/create_data.py kitti|nuscenes|lyft` (the database is written beside the data)."""
-    parser.add_argument("--root", type=Path, required=True, help="dataset root (KITTI object/ or the devkit root)")
-    parser.add_argument("--split", default="train", help="split whose objects go into the database")
-    parser.add_argument("--version", default=None, help="nuScenes / Lyft table version (default: the one found)")
-    parser.add_argument("--sweeps", type=int, default=10, help="nuScenes / Lyft sweeps per key frame (as training)")
-    parser.add_argument("--classes", nargs="+", default=None, help="classes to keep (default: the loader's)")
-    parser.add_argument("--out", type=Path, default=None, help="where the database goes (default: --root)")
-    parser.add_argument("--gt-database", action="store_true", required=True,
-                        help="cut every labelled object into <out>/gt_database + <dataset>_dbinfos_<split>.pkl")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run(args) -> int:
-    kind = args.dataset
-    if not args.root.exists():
-        raise SystemExit(f"--root {args.root} does not exist")
+def write_split_gt_database(kind: str, root, split: str = "train", version: str | None = None, sweeps: int = 10,
+                            classes=None, out=None, progress: bool = True) -> Path:
+    """The GT database of a KITTI / nuScenes / Lyft split (`kind`), written to `out` (default `root`).
+    `classes` default to the loader's (nuScenes: its 10 classes); Lyft needs them named."""
+    root = Path(root)
+    if kind not in DATASET_PREFIX:
+        raise ValueError(f"kind: expected one of {sorted(DATASET_PREFIX)}, got {kind!r}")
+    if not root.exists():
+        raise SystemExit(f"--root {root} does not exist")
     if kind == "kitti":
         from pc3d.data.kitti import KittiDataset
-        kw = {"class_names": tuple(args.classes)} if args.classes else {}
-        dataset = KittiDataset(args.root, args.split, **kw)
+        kw = {"class_names": tuple(classes)} if classes else {}
+        dataset = KittiDataset(root, split, **kw)
     else:
         from pc3d.data.nuscenes import NUSCENES_CLASSES, NuScenesDataset
-        classes = tuple(args.classes) if args.classes else (NUSCENES_CLASSES if kind == "nuscenes" else None)
+        classes = tuple(classes) if classes else (NUSCENES_CLASSES if kind == "nuscenes" else None)
         if classes is None:
             raise SystemExit("lyft: name the classes to keep with --classes (Lyft's category names are its own)")
-        dataset = NuScenesDataset(args.root, args.split, classes, sweeps=args.sweeps, version=args.version)
-    path = write_dataset_gt_database(dataset, args.out or args.root, DATASET_PREFIX[kind], args.split,
-                                     progress=not args.no_progress)
-    print(f"wrote the GT database {path} ({len(GTDatabase(path))} objects)")
-    return 0
+        dataset = NuScenesDataset(root, split, classes, sweeps=sweeps, version=version)
+    return write_dataset_gt_database(dataset, out or root, DATASET_PREFIX[kind], split, progress=progress)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-BENCHMARKS = ("3DMatch", "3DLoMatch")
+# the real benchmarks, and the synthetic ones `tools/create_data.py registration` writes in the same layout
+BENCHMARKS = ("3DMatch", "3DLoMatch", "SynMatch", "SynLoMatch")
 TEST_SCENES = (
     "7-scenes-redkitchen", "sun3d-home_at-home_at_scan1_2013_jan_1", "sun3d-home_md-home_md_scan9_2012_sep_30",
     "sun3d-hotel_uc-scan3", "sun3d-hotel_umd-maryland_hotel1", "sun3d-hotel_umd-maryland_hotel3",

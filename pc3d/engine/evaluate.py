@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -107,3 +110,72 @@ def kitti_dataset_metrics(dataset, predictions: list[Boxes3D]) -> dict:
     ground_truths = [dataset.kitti_ground_truth(i) for i in range(len(dataset))]
     detections = [dataset.kitti_detections(i, p) for i, p in enumerate(predictions)]
     return kitti_metrics(ground_truths, detections, classes)
+
+
+def nuscenes_dataset_metrics(dataset, predictions: list[Boxes3D], out_dir) -> dict:
+    """The nuScenes devkit's mAP / NDS (and TP errors, per-class AP) of `predictions` on a `NuScenesDataset`
+    split, frames in dataset order. The devkit averages over the dataset's classes, which must be nuScenes
+    detection classes; its submission and summary files go to `out_dir/nuscenes_eval`."""
+    from pc3d.evaluation.nuscenes_eval import evaluate_nuscenes
+
+    if len(predictions) != len(dataset):
+        raise ValueError(f"nuScenes metric: {len(predictions)} predictions for {len(dataset)} frames")
+    by_token = dict(zip(dataset.sample_tokens, predictions))
+    return evaluate_nuscenes(dataset.nusc, by_token, dataset.split, Path(out_dir) / "nuscenes_eval",
+                             classes=dataset.class_names)
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """How `tools/test.py` scores one kind of dataset.
+
+    `detection`: the detector runs over the split (`predict_dataset`) and `compute(cfg, dataset, predictions,
+    ground_truths, out_dir)` scores it; otherwise the family is a registration benchmark, which
+    `pc3d.engine.registration_benchmark.benchmark_metrics` runs pair by pair.
+    """
+
+    name: str
+    detection: bool
+    compute: Callable[..., dict] | None = None
+
+
+def _waymo(cfg, dataset, predictions, ground_truths, out_dir) -> dict:
+    return config_metrics(cfg, predictions, ground_truths)
+
+
+def _kitti(cfg, dataset, predictions, ground_truths, out_dir) -> dict:
+    # the benchmark's own AP next to the Waymo-style one (as tools/test.py always reported it)
+    return {**config_metrics(cfg, predictions, ground_truths), **kitti_dataset_metrics(dataset, predictions)}
+
+
+def _nuscenes(cfg, dataset, predictions, ground_truths, out_dir) -> dict:
+    return nuscenes_dataset_metrics(dataset, predictions, out_dir)
+
+
+WAYMO = MetricFamily("waymo", True, _waymo)
+KITTI = MetricFamily("kitti", True, _kitti)
+NUSCENES = MetricFamily("nuscenes", True, _nuscenes)
+THREEDMATCH = MetricFamily("threedmatch", False)
+
+# dataset.type -> its metric: the one place tools/test.py chooses what to report
+METRICS_BY_DATASET = {"synthetic": WAYMO, "waymo": WAYMO, "info": WAYMO, "kitti": KITTI, "nuscenes": NUSCENES,
+                      "lyft": NUSCENES, "threedmatch": THREEDMATCH}
+
+
+def metric_family(cfg: dict) -> MetricFamily:
+    """The `MetricFamily` of a config's `dataset.type` (a `ConfigError` naming the file for an unknown one)."""
+    from pc3d.config import ConfigError, require_sections
+
+    kind = require_sections(cfg, ("dataset",))["dataset"].get("type")
+    if kind not in METRICS_BY_DATASET:
+        raise ConfigError(f"{cfg.get('_source_', 'config')}: dataset.type {kind!r} has no metric; "
+                          f"known: {sorted(METRICS_BY_DATASET)}")
+    return METRICS_BY_DATASET[kind]
+
+
+def dataset_metrics(cfg: dict, dataset, predictions: list[Boxes3D], ground_truths: list[Boxes3D], out_dir) -> dict:
+    """The metrics of a detection config's dataset type (`METRICS_BY_DATASET`)."""
+    family = metric_family(cfg)
+    if not family.detection:
+        raise ValueError(f"dataset.type {cfg['dataset']['type']!r} is a registration benchmark, not a detection split")
+    return family.compute(cfg, dataset, predictions, ground_truths, out_dir)

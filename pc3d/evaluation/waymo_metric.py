@@ -480,29 +480,3 @@ def format_metrics(metrics: dict) -> str:
         if name not in names:
             names.append(name)
     return "\n".join(f"{name}: [mAP {metrics[name + '/AP']:.6g}] [mAPH {metrics[name + '/APH']:.6g}]" for name in names)
-
-
-def cli_main(argv=None) -> int:
-    """`PRED.bin GT.bin [--json] [--sign]`: the command behind tools/eval_waymo.py (and a console
-    entry point): AP / APH per class and level of two Objects files; `--json` prints one object keyed
-    by the official breakdown names. Exit code 2 on an unreadable file."""
-    import argparse
-    import json
-    import sys
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(prog="eval_waymo", description="Waymo 3D detection AP / APH of two "
-                                     "metrics_pb2.Objects files (predictions, ground truth), without TensorFlow.")
-    parser.add_argument("predictions", type=Path, help="metrics_pb2.Objects file with scored predictions")
-    parser.add_argument("ground_truth", type=Path, help="metrics_pb2.Objects file with the ground truth")
-    parser.add_argument("--json", action="store_true", help="print one JSON object keyed by the official names")
-    parser.add_argument("--sign", action="store_true", help="also evaluate the SIGN class")
-    args = parser.parse_args(argv)
-    classes = ("Vehicle", "Pedestrian", "Cyclist") + (("Sign",) if args.sign else ())
-    try:
-        metrics = evaluate_objects_files(args.predictions, args.ground_truth, classes)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"eval_waymo: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(metrics) if args.json else format_metrics(metrics))
-    return 0

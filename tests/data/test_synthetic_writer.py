@@ -1,10 +1,10 @@
 """Synthetic dataset writer: on-disk pc3d info format round trip, split seeds, CLI hooks."""
-import argparse
 import json
 
 import numpy as np
 import pytest
 
+from pc3d.cli import create_data
 from pc3d.data.synthetic import writer
 from pc3d.data.synthetic.labels import count_points_in_boxes
 from pc3d.data.synthetic.lidar import LidarConfig, simulate_frame
@@ -98,15 +98,15 @@ def test_process_pool_gives_identical_files(tmp_path):
 
 
 def test_cli_hooks(tmp_path, capsys):
-    parser = writer.add_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--out", str(tmp_path), "--frames", "1", "--seed", "2", "--split", "val",
+    parser = create_data.build_parser("synthetic")
+    args = parser.parse_args(["synthetic", "--out", str(tmp_path), "--frames", "1", "--seed", "2", "--split", "val",
                               "--beams", "32", "--scene", "small", "--no-progress"])
-    assert writer.run(args) == 0
+    assert create_data.run(args) == 0
     infos = json.loads((tmp_path / "val_infos.json").read_text())
     assert infos["lidar"] == "vlp32" and len(infos["frames"]) == 1
     assert np.load(tmp_path / infos["frames"][0]["points"]).shape[0] > 1000
     with pytest.raises(SystemExit):
-        parser.parse_args(["--out", str(tmp_path), "--beams", "16"])
+        parser.parse_args(["synthetic", "--out", str(tmp_path), "--beams", "16"])
 
 
 def test_bad_arguments(tmp_path):

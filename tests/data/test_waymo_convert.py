@@ -1,21 +1,19 @@
 """`create_data.py waymo`: segments -> points/*.npy + <split>_infos.json, parallel and resumable."""
-import argparse
 import json
 import os
 
 import numpy as np
 import pytest
 
-from pc3d.data.waymo import convert
+from pc3d.cli import create_data
 from pc3d.data.waymo.frame import extract_points, parse_frame
 from pc3d.testing.waymo_synthetic_writer import default_lasers, write_synthetic_segment
 from pc3d.io.tfrecord import read_tfrecord
 
 
 def _run(root, out, *extra):
-    parser = argparse.ArgumentParser()
-    convert.add_arguments(parser)
-    return convert.run(parser.parse_args(["--root", str(root), "--out", str(out), *extra]))
+    return create_data.run(create_data.build_parser("waymo").parse_args(
+        ["waymo", "--root", str(root), "--out", str(out), *extra]))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Waymo multi-frame input (earlier frames moved into the current one with the poses) and `--gt-database`."""
-import argparse
 import json
 
 import numpy as np
@@ -7,7 +6,7 @@ import pytest
 
 from pc3d.data.gt_database import GTDatabase
 from pc3d.data.info_dataset import InfoDataset
-from pc3d.data.waymo import convert
+from pc3d.cli import create_data
 from pc3d.testing.waymo_synthetic_writer import default_lasers, write_synthetic_segment
 from pc3d.ops.box_geometry import points_in_boxes
 
@@ -23,9 +22,8 @@ def converted(tmp_path_factory):
         write_synthetic_segment(root / f"segment-{seed}_with_camera_labels.tfrecord", num_frames=3, seed=seed,
                                 lasers=lasers)
     out = tmp_path_factory.mktemp("out")
-    parser = argparse.ArgumentParser()
-    convert.add_arguments(parser)
-    assert convert.run(parser.parse_args(["--root", str(root), "--out", str(out), "--gt-database"])) == 0
+    parser = create_data.build_parser("waymo")
+    assert create_data.run(parser.parse_args(["waymo", "--root", str(root), "--out", str(out), "--gt-database"])) == 0
     return out
 
 

@@ -6,7 +6,7 @@
   `simulate_frame(seed, scene_config, lidar_config) -> Frame`);
 - `raycast`: first-hit numba ray caster (`pc3d.testing.reference_raycast`: plain numpy version for checks);
 - `labels`: boxes, points-in-box counts, Waymo difficulty;
-- `writer`: the on-disk pc3d info format (`write_synthetic_dataset`, CLI hooks `add_arguments` / `run`);
+- `writer`: the on-disk pc3d info format (`write_synthetic_dataset`, `write_synthetic_split` behind `tools/create_data.py synthetic`);
 - `registration_pairs`: indoor rooms scanned by a depth camera (`make_registration_pair`,
   `write_registration_dataset` in the 3DMatch layout).
 """

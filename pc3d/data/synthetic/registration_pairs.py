@@ -22,7 +22,6 @@ with `<name>` "SynMatch" (overlap > 0.3) and "SynLoMatch" (0.1 - 0.3), like 3DMa
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -444,21 +443,3 @@ def write_registration_dataset(out_dir, pairs: int, seed: int, fragments_per_sce
     for name, items in metadata.items():
         save_json_atomic(out_dir / "metadata" / f"{name}.json", items)
     return totals
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of `tools/create_data.py registration`."""
-    parser.add_argument("--out", required=True, help="output root (3DMatch layout)")
-    parser.add_argument("--pairs", type=int, default=64, help="number of benchmark pairs (high + low overlap)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fragments", type=int, default=8, help="fragments (camera views) per room")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of the CLI; returns the process exit code."""
-    totals = write_registration_dataset(args.out, args.pairs, args.seed, fragments_per_scene=args.fragments,
-                                        progress=not args.no_progress)
-    print(f"wrote registration pairs to {args.out}: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
-    return 0

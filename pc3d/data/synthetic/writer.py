@@ -10,7 +10,6 @@ regenerated on its own. Every file is written to a temporary name and moved into
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -132,36 +131,16 @@ def write_synthetic_dataset(out_dir, frames: int, seed: int, split: str = "train
     return info_path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of `tools/create_data.py synthetic`."""
-    parser.add_argument("--out", required=True, help="output dataset root")
-    parser.add_argument("--frames", type=int, default=32, help="number of frames of the split")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (frame seeds derive from it)")
-    parser.add_argument("--split", default="train", choices=sorted(SPLIT_OFFSETS))
-    parser.add_argument("--beams", type=int, default=64, choices=sorted(BEAM_PRESETS),
-                        help="64 = Waymo-like top LiDAR, 32 = VLP-32C-like")
-    parser.add_argument("--scene", default="street", choices=["street", "small", "empty"], help="SceneConfig preset")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = none)")
-    parser.add_argument("--drop-empty-boxes", action="store_true", help="omit boxes with 0 points from the infos")
-    parser.add_argument("--gt-database", action="store_true",
-                        help="also cut every labelled object into <out>/gt_database + synthetic_dbinfos_<split>.pkl "
-                             "(for train.gt_sampling)")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of the CLI; returns the process exit code."""
-    path = write_synthetic_dataset(args.out, args.frames, args.seed, split=args.split,
-                                   scene_config=SceneConfig.preset(args.scene),
-                                   lidar_config=LidarConfig.preset(BEAM_PRESETS[args.beams]),
-                                   workers=args.workers, drop_empty_boxes=args.drop_empty_boxes,
-                                   progress=not args.no_progress)
-    print(f"wrote {args.frames} {args.split} frames to {path}")
-    if getattr(args, "gt_database", False):
-        db = write_synthetic_gt_database(args.out, args.split, progress=not args.no_progress)
-        print(f"wrote the GT database {db}")
-    return 0
+def write_synthetic_split(out, frames: int, seed: int, split: str = "train", scene: str = "street", beams: int = 64,
+                          workers: int = 0, drop_empty_boxes: bool = False, gt_database: bool = False,
+                          progress: bool = True) -> tuple[Path, Path | None]:
+    """`tools/create_data.py synthetic`: a split from preset names (`SceneConfig.preset(scene)`, the LiDAR of
+    `BEAM_PRESETS[beams]`), plus its GT database when asked. Returns `(info path, database path or None)`."""
+    path = write_synthetic_dataset(out, frames, seed, split=split, scene_config=SceneConfig.preset(scene),
+                                   lidar_config=LidarConfig.preset(BEAM_PRESETS[beams]), workers=workers,
+                                   drop_empty_boxes=drop_empty_boxes, progress=progress)
+    db = write_synthetic_gt_database(out, split, progress=progress) if gt_database else None
+    return path, db
 
 
 def write_synthetic_gt_database(root, split: str = "train", progress: bool = False) -> Path:
@@ -172,6 +151,3 @@ def write_synthetic_gt_database(root, split: str = "train", progress: bool = Fal
     dataset = InfoDataset(root, split, CLASS_NAMES, POINT_FEATURES)
     return write_dataset_gt_database(dataset, root, "synthetic", progress=progress)
 
-
-if __name__ == "__main__":
-    run(add_arguments(argparse.ArgumentParser(description="write a synthetic LiDAR dataset")).parse_args())

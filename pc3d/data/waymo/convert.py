@@ -13,7 +13,6 @@ half-written file that counts. Segments run in a process pool.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -112,34 +111,27 @@ def find_segments(root: Path) -> list[Path]:
     return sorted(root.rglob("*.tfrecord"))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, required=True, help="folder of segment .tfrecord files (searched recursively)")
-    parser.add_argument("--out", type=Path, required=True, help="output dataset root")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (one segment each)")
-    parser.add_argument("--split", default=None,
-                        help="split name of the info file (default: from the root folder: training->train, validation->val)")
-    parser.add_argument("--include-sign", action="store_true", help="keep Sign labels as a 4th class")
-    parser.add_argument("--keep-nlz", action="store_true", help="keep points inside no-label zones (dropped by default)")
-    parser.add_argument("--first-return-only", action="store_true", help="skip the second lidar return")
-    parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per segment (debugging)")
-    parser.add_argument("--gt-database", action="store_true",
-                        help="also cut every labelled object into <out>/gt_database + waymo_dbinfos_<split>.pkl")
+def convert_waymo(root, out, workers: int = 1, split: str | None = None, include_sign: bool = False,
+                  keep_nlz: bool = False, first_return_only: bool = False, max_frames: int | None = None,
+                  gt_database: bool = False) -> Path:
+    """`tools/create_data.py waymo`: every segment under `root` into `out`; returns the merged info file.
 
-
-def run(args) -> int:
+    `split` defaults to the root folder's name (training -> train, validation -> val); `keep_nlz` keeps
+    points inside no-label zones; `first_return_only` skips the second return; `max_frames` caps the frames
+    per segment (debugging); `gt_database` also cuts every labelled object into `<out>/gt_database`."""
     from tqdm import tqdm
 
-    segments = find_segments(Path(args.root))
+    segments = find_segments(Path(root))
     if not segments:
-        raise SystemExit(f"no .tfrecord segments under {args.root}")
-    split = args.split or SPLIT_BY_FOLDER.get(Path(args.root).name, "train")
-    out = Path(args.out)
+        raise SystemExit(f"no .tfrecord segments under {root}")
+    split = split or SPLIT_BY_FOLDER.get(Path(root).name, "train")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    returns = (0,) if args.first_return_only else (0, 1)
-    kwargs = dict(include_sign=args.include_sign, drop_nlz=not args.keep_nlz, returns=returns, max_frames=args.max_frames)
+    returns = (0,) if first_return_only else (0, 1)
+    kwargs = dict(include_sign=include_sign, drop_nlz=not keep_nlz, returns=returns, max_frames=max_frames)
     start = time.perf_counter()
     converted = skipped = frames = 0
-    workers = max(1, int(args.workers))
+    workers = max(1, int(workers))
     with tqdm(total=len(segments), desc="waymo segments", unit="seg") as bar:
         if workers == 1:
             results = (convert_segment(s, out, **kwargs) for s in segments)
@@ -154,14 +146,14 @@ def run(args) -> int:
                     converted, skipped, frames = converted + (seconds > 0), skipped + (seconds == 0), frames + n
                     bar.update(1)
     elapsed = time.perf_counter() - start
-    target = merge_infos(out, segments, split, args.include_sign)
+    target = merge_infos(out, segments, split, include_sign)
     rate = frames / elapsed if elapsed > 0 else 0.0
     print(f"waymo: {converted} segments converted, {skipped} already done; {frames} frames in {elapsed:.1f} s "
           f"({rate:.2f} frames/s) -> {target}")
-    if getattr(args, "gt_database", False):
+    if gt_database:
         from pc3d.data.gt_database import write_dataset_gt_database
         from pc3d.data.info_dataset import InfoDataset
-        classes = CLASS_NAMES_WITH_SIGN if args.include_sign else CLASS_NAMES
+        classes = CLASS_NAMES_WITH_SIGN if include_sign else CLASS_NAMES
         db = write_dataset_gt_database(InfoDataset(out, split, classes, POINT_FEATURES), out, "waymo")
         print(f"waymo: GT database -> {db}")
-    return 0
+    return target

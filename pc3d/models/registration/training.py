@@ -1,7 +1,7 @@
 """Small CPU training loop for the RoITr matcher on synthetic registration pairs.
 
     tools/train.py configs/threedmatch/roitr_synthetic_tiny.yaml --work-dir DIR [--set train.minutes=40]
-    python -m pc3d.models.registration.training --config configs/threedmatch/roitr_synthetic_tiny.yaml \
+    python -m pc3d.cli.train_registration --config configs/threedmatch/roitr_synthetic_tiny.yaml \
         --out checkpoints/roitr_synthetic_tiny.pth --minutes 40
 
 Pairs come from `pc3d.data.synthetic.registration_pairs.make_registration_pair` (ray-cast depth-camera
@@ -14,10 +14,8 @@ every `new_pair_every` steps. `validate` reports coarse precision (superpoint ma
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -297,29 +295,3 @@ def evaluate_checkpoint(cfg: dict, checkpoint, pairs: int | None = None) -> dict
 
 def load_config_yaml(path) -> tuple[RoITrConfig, TrainConfig]:
     return configs_from_dict(yaml.safe_load(Path(path).read_text()) or {})
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/threedmatch/roitr_synthetic_tiny.yaml")
-    parser.add_argument("--out", default="checkpoints/roitr_synthetic_tiny.pth")
-    parser.add_argument("--minutes", type=float, default=None)
-    parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--val-pairs", type=int, default=0, help="validate the final model on this many pairs")
-    parser.add_argument("--threads", type=int, default=None, help="default: train.threads of the config")
-    parser.add_argument("--load-from", default=None, help="start from this checkpoint's weights")
-    args = parser.parse_args(argv)
-    model_cfg, train_cfg = load_config_yaml(args.config)
-    if args.threads is not None:
-        train_cfg.threads = args.threads
-    if args.minutes is not None:
-        train_cfg.minutes = args.minutes
-    if args.iterations is not None:
-        train_cfg.iterations = args.iterations
-    _, summary = train(model_cfg, train_cfg, args.out, args.val_pairs, log=lambda msg: print(msg, flush=True),
-                       load_from=args.load_from)
-    print(json.dumps({**summary, "train": asdict(train_cfg)}))
-
-
-if __name__ == "__main__":
-    main()
