@@ -56,6 +56,7 @@ __all__ = [
     "voxel_centers",
     "point_offsets_to_voxel_center",
     "point_offsets_to_cluster_center",
+    "linear_voxel_key",
 ]
 
 _BACKENDS = ("auto", "numba", "torch")
@@ -324,6 +325,30 @@ def _dynamic_numba(points: np.ndarray, grid: VoxelGrid, batch_index: np.ndarray 
 # ----------------------------------------------------------------------------------------- torch
 
 
+def linear_voxel_key(coords, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Row-major linear key of integer voxel coordinates, the one definition used by voxelization,
+    the backbones' neighbour / pooling look-ups and the BEV scatter.
+
+    coords: an integer tensor `(..., D)` or a sequence of D broadcastable integer tensors, slowest
+    axis first, e.g. `(z, y, x)` or `(batch, z, y, x)`; spatial_shape: the grid sizes of the last
+    `len(spatial_shape)` axes. A leading extra axis (the batch) is unbounded. For `(b, z, y, x)` and
+    `(nz, ny, nx)` the key is `((b * nz + z) * ny + y) * nx + x`; for `(z, y, x)` it is
+    `(z * ny + y) * nx + x`. The dtype is the coordinates' (callers widen to int64 where it can grow);
+    plain tensor arithmetic, so ONNX export traces it.
+    """
+    columns = coords.unbind(-1) if isinstance(coords, torch.Tensor) else tuple(coords)
+    sizes = tuple(int(s) for s in spatial_shape)
+    if len(columns) == len(sizes):
+        sizes = sizes[1:]  # the slowest axis's own size does not enter the key
+    elif len(columns) != len(sizes) + 1:
+        raise ValueError(f"linear_voxel_key: {len(columns)} coordinate columns for a {len(sizes)}-D "
+                         f"spatial_shape {sizes}; expected {len(sizes)} or {len(sizes) + 1} (with batch)")
+    key = columns[0]
+    for column, size in zip(columns[1:], sizes):
+        key = key * size + column
+    return key
+
+
 def _torch_keys(points: torch.Tensor, grid: VoxelGrid):
     """(N,) int64 linear key (z * ny + y) * nx + x, -1 outside; and the number of non-finite points."""
     device = points.device
@@ -335,8 +360,8 @@ def _torch_keys(points: torch.Tensor, grid: VoxelGrid):
     finite = torch.isfinite(xyz).all(dim=1)
     inside = finite & ((index >= 0) & (index < shape)).all(dim=1)
     index = torch.where(inside[:, None], index, torch.zeros_like(index)).to(torch.int64)
-    nx, ny, _ = grid.grid_xyz
-    keys = (index[:, 2] * ny + index[:, 1]) * nx + index[:, 0]
+    nx, ny, nz = grid.grid_xyz
+    keys = linear_voxel_key((index[:, 2], index[:, 1], index[:, 0]), (nz, ny, nx))
     keys = torch.where(inside, keys, torch.full_like(keys, -1))
     return keys, int((~finite).sum())
 
@@ -498,12 +523,15 @@ def voxel_reduce(point_features, point_voxel, num_voxels: int, reduce: str = "me
         raise ValueError(f"point_features: expected a (N, C) tensor, got {getattr(point_features, 'shape', type(point_features))}")
     if not isinstance(point_voxel, torch.Tensor) or point_voxel.ndim != 1 or point_voxel.shape[0] != point_features.shape[0]:
         raise ValueError(f"point_voxel: expected shape ({point_features.shape[0]},), got {getattr(point_voxel, 'shape', type(point_voxel))}")
-    if isinstance(num_voxels, bool) or not isinstance(num_voxels, (int, np.integer)) or num_voxels < 0:
-        raise ValueError(f"num_voxels: expected an int >= 0, got {num_voxels!r}")
-    num_voxels = int(num_voxels)
     point_voxel = point_voxel.to(device=point_features.device, dtype=torch.int64)
-    if point_voxel.numel() and (int(point_voxel.min()) < -1 or int(point_voxel.max()) >= num_voxels):
-        raise ValueError(f"point_voxel: values must be -1 or in [0, {num_voxels})")
+    # Under export (the VFE's cluster offsets) num_voxels is symbolic and values are unknown: no checks,
+    # no int(), which would pin the graph to the example's voxel count.
+    if not _scatter._is_tracing():
+        if isinstance(num_voxels, bool) or not isinstance(num_voxels, (int, np.integer)) or num_voxels < 0:
+            raise ValueError(f"num_voxels: expected an int >= 0, got {num_voxels!r}")
+        num_voxels = int(num_voxels)
+        if point_voxel.numel() and (int(point_voxel.min()) < -1 or int(point_voxel.max()) >= num_voxels):
+            raise ValueError(f"point_voxel: values must be -1 or in [0, {num_voxels})")
     # dropped points go to an extra dump segment that is cut off (no boolean masking: export-friendly)
     index = torch.where(point_voxel >= 0, point_voxel, torch.full_like(point_voxel, num_voxels))
     op = {"mean": _scatter.segment_mean, "max": _scatter.segment_max, "sum": _scatter.segment_sum}[reduce]
@@ -543,7 +571,9 @@ def point_offsets_to_voxel_center(points, point_voxel, coords, voxel_size, point
     xyz, index = _point_xyz_and_index(points, point_voxel)
     centers = voxel_centers(coords, voxel_size, point_range).to(xyz.device, xyz.dtype)
     valid = index >= 0
-    offsets = xyz - centers[index.clamp(min=0)] if centers.shape[0] else torch.zeros_like(xyz)
+    # (no voxels at all: every point is -1 and there is nothing to gather from; the branch is left out
+    # while tracing, where the voxel count is symbolic)
+    offsets = xyz - centers[index.clamp(min=0)] if _scatter._is_tracing() or centers.shape[0] else torch.zeros_like(xyz)
     return torch.where(valid[:, None], offsets, torch.zeros_like(offsets))
 
 
@@ -555,5 +585,5 @@ def point_offsets_to_cluster_center(points, point_voxel, num_voxels: int) -> tor
     xyz, index = _point_xyz_and_index(points, point_voxel)
     means = voxel_reduce(xyz, index, num_voxels, "mean")
     valid = index >= 0
-    offsets = xyz - means[index.clamp(min=0)] if means.shape[0] else torch.zeros_like(xyz)
+    offsets = xyz - means[index.clamp(min=0)] if _scatter._is_tracing() or means.shape[0] else torch.zeros_like(xyz)
     return torch.where(valid[:, None], offsets, torch.zeros_like(offsets))

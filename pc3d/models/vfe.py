@@ -188,14 +188,10 @@ class DynamicPointNetVFE(nn.Module):
         xyz = points[:, :3]
         parts = [points]
         if self.use_cluster_center:
-            mean = _scatter.segment_mean(xyz, point_voxel, voxelized.num_voxels)
-            parts.append(xyz - mean[point_voxel])
+            parts.append(_voxelize.point_offsets_to_cluster_center(xyz, point_voxel, voxelized.num_voxels))
         if self.use_voxel_center:
-            zyx = voxelized.coords[:, 1:].to(xyz.dtype)[point_voxel]
-            size = xyz.new_tensor(self.voxel_size)
-            low = xyz.new_tensor(self.point_range[:3])
-            centre = (zyx.flip(1) + 0.5) * size + low
-            parts.append(xyz - centre)
+            parts.append(_voxelize.point_offsets_to_voxel_center(xyz, point_voxel, voxelized.coords,
+                                                                 self.voxel_size, self.point_range))
         if self.with_distance:
             parts.append(torch.linalg.norm(xyz, dim=1, keepdim=True))
         return torch.cat(parts, dim=1)
