@@ -124,6 +124,11 @@ class VoxelGrid:
     voxel_size: np.ndarray  # (3,) float32
     grid_xyz: tuple  # (nx, ny, nz)
 
+    def centre_constants(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """`(range_min, voxel_size)` as Python floats (the float32 values), for code that torch.export
+        traces in strict mode, where numpy arrays cannot become constants."""
+        return tuple(float(v) for v in self.range_min), tuple(float(v) for v in self.voxel_size)
+
     @property
     def spatial_shape(self) -> tuple:
         """(nz, ny, nx), as `SparseVoxels.spatial_shape`."""
@@ -523,31 +528,32 @@ def voxel_reduce(point_features, point_voxel, num_voxels: int, reduce: str = "me
         raise ValueError(f"point_features: expected a (N, C) tensor, got {getattr(point_features, 'shape', type(point_features))}")
     if not isinstance(point_voxel, torch.Tensor) or point_voxel.ndim != 1 or point_voxel.shape[0] != point_features.shape[0]:
         raise ValueError(f"point_voxel: expected shape ({point_features.shape[0]},), got {getattr(point_voxel, 'shape', type(point_voxel))}")
+    if isinstance(num_voxels, bool) or not isinstance(num_voxels, (int, np.integer)) or num_voxels < 0:
+        raise ValueError(f"num_voxels: expected an int >= 0, got {num_voxels!r}")
+    num_voxels = int(num_voxels)
     point_voxel = point_voxel.to(device=point_features.device, dtype=torch.int64)
-    # Under export (the VFE's cluster offsets) num_voxels is symbolic and values are unknown: no checks,
-    # no int(), which would pin the graph to the example's voxel count.
-    if not _scatter._is_tracing():
-        if isinstance(num_voxels, bool) or not isinstance(num_voxels, (int, np.integer)) or num_voxels < 0:
-            raise ValueError(f"num_voxels: expected an int >= 0, got {num_voxels!r}")
-        num_voxels = int(num_voxels)
-        if point_voxel.numel() and (int(point_voxel.min()) < -1 or int(point_voxel.max()) >= num_voxels):
-            raise ValueError(f"point_voxel: values must be -1 or in [0, {num_voxels})")
+    if point_voxel.numel() and (int(point_voxel.min()) < -1 or int(point_voxel.max()) >= num_voxels):
+        raise ValueError(f"point_voxel: values must be -1 or in [0, {num_voxels})")
     # dropped points go to an extra dump segment that is cut off (no boolean masking: export-friendly)
     index = torch.where(point_voxel >= 0, point_voxel, torch.full_like(point_voxel, num_voxels))
     op = {"mean": _scatter.segment_mean, "max": _scatter.segment_max, "sum": _scatter.segment_sum}[reduce]
     return op(point_features, index, num_voxels + 1)[:num_voxels]
 
 
-def voxel_centers(coords, voxel_size, point_range) -> torch.Tensor:
-    """Metric xyz centre of each voxel: coords (V, 3) (z, y, x) or (V, 4) (batch, z, y, x) -> (V, 3) float32."""
-    grid = voxel_grid(voxel_size, point_range)
+def voxel_centers(coords, voxel_size=None, point_range=None, *, grid=None) -> torch.Tensor:
+    """Metric xyz centre of each voxel: coords (V, 3) (z, y, x) or (V, 4) (batch, z, y, x) -> (V, 3) float32.
+
+    grid: instead of the two, `voxel_grid(voxel_size, point_range).centre_constants()` made beforehand
+    (the VFE passes it: the validation is numpy code that torch.export's strict mode cannot trace).
+    """
+    low, size = grid if grid is not None else voxel_grid(voxel_size, point_range).centre_constants()
     if isinstance(coords, np.ndarray):
         coords = torch.from_numpy(coords)
     if not isinstance(coords, torch.Tensor) or coords.ndim != 2 or coords.shape[1] not in (3, 4):
         raise ValueError(f"coords: expected (V, 3) zyx or (V, 4) bzyx, got {getattr(coords, 'shape', type(coords))}")
     xyz_index = coords[:, -3:].flip(1).to(torch.float32)
-    low = torch.from_numpy(grid.range_min).to(coords.device)
-    size = torch.from_numpy(grid.voxel_size).to(coords.device)
+    low = torch.tensor(low, dtype=torch.float32, device=coords.device)  # exact: the floats are float32 values
+    size = torch.tensor(size, dtype=torch.float32, device=coords.device)
     return low + (xyz_index + 0.5) * size
 
 
@@ -563,18 +569,21 @@ def _point_xyz_and_index(points, point_voxel):
     return points[:, :3], point_voxel.to(device=points.device, dtype=torch.int64)
 
 
-def point_offsets_to_voxel_center(points, point_voxel, coords, voxel_size, point_range) -> torch.Tensor:
+def point_offsets_to_voxel_center(points, point_voxel, coords, voxel_size=None, point_range=None, *,
+                                  grid=None) -> torch.Tensor:
     """xyz of each point minus the centre of its voxel: (N, 3) (0 for points with point_voxel == -1).
 
-    PointPillars / DynamicVFE's `f_center` decoration. coords: (V, 3) zyx or (V, 4) bzyx.
+    PointPillars / DynamicVFE's `f_center` decoration. coords: (V, 3) zyx or (V, 4) bzyx; the grid is
+    `voxel_size` + `point_range` or a ready `grid` (see `voxel_centers`).
     """
     xyz, index = _point_xyz_and_index(points, point_voxel)
-    centers = voxel_centers(coords, voxel_size, point_range).to(xyz.device, xyz.dtype)
-    valid = index >= 0
-    # (no voxels at all: every point is -1 and there is nothing to gather from; the branch is left out
-    # while tracing, where the voxel count is symbolic)
-    offsets = xyz - centers[index.clamp(min=0)] if _scatter._is_tracing() or centers.shape[0] else torch.zeros_like(xyz)
-    return torch.where(valid[:, None], offsets, torch.zeros_like(offsets))
+    centers = voxel_centers(coords, voxel_size, point_range, grid=grid).to(xyz.device, xyz.dtype)
+    # dropped points (-1) gather from an extra zero row and are masked out: no branch on the voxel count
+    # (the VFE's exported graph keeps it symbolic)
+    centers = torch.cat([centers, centers.new_zeros(1, 3)])
+    dump = torch.where(index >= 0, index, torch.full_like(index, centers.shape[0] - 1))
+    offsets = xyz - centers[dump]
+    return torch.where((index >= 0)[:, None], offsets, torch.zeros_like(offsets))
 
 
 def point_offsets_to_cluster_center(points, point_voxel, num_voxels: int) -> torch.Tensor:
@@ -583,7 +592,15 @@ def point_offsets_to_cluster_center(points, point_voxel, num_voxels: int) -> tor
     PointPillars / DynamicVFE's `f_cluster` decoration (mean over every point of the voxel).
     """
     xyz, index = _point_xyz_and_index(points, point_voxel)
-    means = voxel_reduce(xyz, index, num_voxels, "mean")
-    valid = index >= 0
-    offsets = xyz - means[index.clamp(min=0)] if _scatter._is_tracing() or means.shape[0] else torch.zeros_like(xyz)
-    return torch.where(valid[:, None], offsets, torch.zeros_like(offsets))
+    if not _scatter._is_tracing():  # under export num_voxels is symbolic and the values unknown
+        if isinstance(num_voxels, bool) or not isinstance(num_voxels, (int, np.integer)) or num_voxels < 0:
+            raise ValueError(f"num_voxels: expected an int >= 0, got {num_voxels!r}")
+        num_voxels = int(num_voxels)
+        if index.numel() and (int(index.min()) < -1 or int(index.max()) >= num_voxels):
+            raise ValueError(f"point_voxel: values must be -1 or in [0, {num_voxels})")
+    # dropped points (-1) go to an extra dump segment that is gathered from but masked out: no slicing and
+    # no branch on the voxel count, so the exported graph keeps that count symbolic
+    dump = torch.where(index >= 0, index, torch.full_like(index, num_voxels))
+    means = _scatter.segment_mean(xyz, dump, num_voxels + 1)
+    offsets = xyz - means[dump]
+    return torch.where((index >= 0)[:, None], offsets, torch.zeros_like(offsets))

@@ -171,6 +171,8 @@ class DynamicPointNetVFE(nn.Module):
             raise ValueError("vfe.channels must list at least one width")
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.point_range = tuple(float(v) for v in point_range)
+        # validated once, outside forward (see `pc3d.ops.voxelize.voxel_centers`)
+        self._grid = _voxelize.voxel_grid(self.voxel_size, self.point_range).centre_constants()
         self.use_cluster_center = use_cluster_center
         self.use_voxel_center = use_voxel_center
         self.with_distance = with_distance
@@ -190,8 +192,7 @@ class DynamicPointNetVFE(nn.Module):
         if self.use_cluster_center:
             parts.append(_voxelize.point_offsets_to_cluster_center(xyz, point_voxel, voxelized.num_voxels))
         if self.use_voxel_center:
-            parts.append(_voxelize.point_offsets_to_voxel_center(xyz, point_voxel, voxelized.coords,
-                                                                 self.voxel_size, self.point_range))
+            parts.append(_voxelize.point_offsets_to_voxel_center(xyz, point_voxel, voxelized.coords, grid=self._grid))
         if self.with_distance:
             parts.append(torch.linalg.norm(xyz, dim=1, keepdim=True))
         return torch.cat(parts, dim=1)
