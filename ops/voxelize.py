@@ -540,13 +540,13 @@ def voxel_reduce(point_features, point_voxel, num_voxels: int, reduce: str = "me
     return op(point_features, index, num_voxels + 1)[:num_voxels]
 
 
-def voxel_centers(coords, voxel_size=None, point_range=None, *, grid=None) -> torch.Tensor:
+def voxel_centers(coords, voxel_size=None, point_range=None, *, constants=None) -> torch.Tensor:
     """Metric xyz centre of each voxel: coords (V, 3) (z, y, x) or (V, 4) (batch, z, y, x) -> (V, 3) float32.
 
-    grid: instead of the two, `voxel_grid(voxel_size, point_range).centre_constants()` made beforehand
+    constants: instead of the two, `voxel_grid(voxel_size, point_range).centre_constants()` made beforehand
     (the VFE passes it: the validation is numpy code that torch.export's strict mode cannot trace).
     """
-    low, size = grid if grid is not None else voxel_grid(voxel_size, point_range).centre_constants()
+    low, size = constants if constants is not None else voxel_grid(voxel_size, point_range).centre_constants()
     if isinstance(coords, np.ndarray):
         coords = torch.from_numpy(coords)
     if not isinstance(coords, torch.Tensor) or coords.ndim != 2 or coords.shape[1] not in (3, 4):
@@ -570,14 +570,14 @@ def _point_xyz_and_index(points, point_voxel):
 
 
 def point_offsets_to_voxel_center(points, point_voxel, coords, voxel_size=None, point_range=None, *,
-                                  grid=None) -> torch.Tensor:
+                                  constants=None) -> torch.Tensor:
     """xyz of each point minus the centre of its voxel: (N, 3) (0 for points with point_voxel == -1).
 
     PointPillars / DynamicVFE's `f_center` decoration. coords: (V, 3) zyx or (V, 4) bzyx; the grid is
-    `voxel_size` + `point_range` or a ready `grid` (see `voxel_centers`).
+    `voxel_size` + `point_range` or ready `constants` (see `voxel_centers`).
     """
     xyz, index = _point_xyz_and_index(points, point_voxel)
-    centers = voxel_centers(coords, voxel_size, point_range, grid=grid).to(xyz.device, xyz.dtype)
+    centers = voxel_centers(coords, voxel_size, point_range, constants=constants).to(xyz.device, xyz.dtype)
     # dropped points (-1) gather from an extra zero row and are masked out: no branch on the voxel count
     # (the VFE's exported graph keeps it symbolic)
     centers = torch.cat([centers, centers.new_zeros(1, 3)])

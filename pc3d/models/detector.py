@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from pc3d.models.backbones_2d import build_backbone_2d
-from pc3d.models.backbones_3d.identity import IdentityBackbone3D  # noqa: F401 (re-exported: PointPillars' "no 3D backbone")
+from pc3d.models.backbones_3d.identity import IdentityBackbone3D  # noqa: F401 (PointPillars' "no 3D backbone")
 from pc3d.models.heads.centerpoint import HeadPrediction, build_head
 from pc3d.models.to_bev import build_to_bev
 from pc3d.models.vfe import VoxelizedPoints, Voxelizer, build_vfe

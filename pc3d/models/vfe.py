@@ -172,7 +172,7 @@ class DynamicPointNetVFE(nn.Module):
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.point_range = tuple(float(v) for v in point_range)
         # validated once, outside forward (see `pc3d.ops.voxelize.voxel_centers`)
-        self._grid = _voxelize.voxel_grid(self.voxel_size, self.point_range).centre_constants()
+        self._centre_constants = _voxelize.voxel_grid(self.voxel_size, self.point_range).centre_constants()
         self.use_cluster_center = use_cluster_center
         self.use_voxel_center = use_voxel_center
         self.with_distance = with_distance
@@ -192,7 +192,8 @@ class DynamicPointNetVFE(nn.Module):
         if self.use_cluster_center:
             parts.append(_voxelize.point_offsets_to_cluster_center(xyz, point_voxel, voxelized.num_voxels))
         if self.use_voxel_center:
-            parts.append(_voxelize.point_offsets_to_voxel_center(xyz, point_voxel, voxelized.coords, grid=self._grid))
+            parts.append(_voxelize.point_offsets_to_voxel_center(xyz, point_voxel, voxelized.coords,
+                                                                 constants=self._centre_constants))
         if self.with_distance:
             parts.append(torch.linalg.norm(xyz, dim=1, keepdim=True))
         return torch.cat(parts, dim=1)
