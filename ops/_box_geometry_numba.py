@@ -192,6 +192,28 @@ def iou_matrix(boxes_a, cos_a, sin_a, boxes_b, cos_b, sin_b, use_3d):
 
 
 @njit(cache=True)
+def iou_paired(boxes_a, cos_a, sin_a, boxes_b, cos_b, sin_b, use_3d):
+    """(P,) float64 rotated IoU of row p of boxes_a with row p of boxes_b: the diagonal of `iou_matrix`
+    without the other N*M - N pairs (same bounding-circle rejection, same `_iou_pair`)."""
+    n = boxes_a.shape[0]
+    out = np.zeros(n, np.float64)
+    work_a = np.empty((9, 2), np.float64)
+    work_b = np.empty((9, 2), np.float64)
+    rect_b = np.empty((4, 2), np.float64)
+    for p in range(n):
+        radius_a = 0.5 * np.sqrt(boxes_a[p, 3] * boxes_a[p, 3] + boxes_a[p, 4] * boxes_a[p, 4])
+        radius_b = 0.5 * np.sqrt(boxes_b[p, 3] * boxes_b[p, 3] + boxes_b[p, 4] * boxes_b[p, 4])
+        ddx = boxes_a[p, 0] - boxes_b[p, 0]
+        ddy = boxes_a[p, 1] - boxes_b[p, 1]
+        reach = radius_a + radius_b
+        if ddx * ddx + ddy * ddy > reach * reach:
+            continue
+        out[p] = _iou_pair(boxes_a[p], cos_a[p], sin_a[p], boxes_b[p], cos_b[p], sin_b[p], use_3d,
+                           work_a, work_b, rect_b)
+    return out
+
+
+@njit(cache=True)
 def _uniform_grid(xy, reach):
     """Bucket BEV points into square cells of side >= reach, so that any two points closer than `reach`
     fall in the same or in neighbouring cells (3 x 3 neighbourhood).

@@ -430,6 +430,54 @@ def box_iou_3d(a: ArrayLike, b: ArrayLike, backend: str = "auto") -> ArrayLike:
     return _box_iou_impl(a, b, backend, use_3d=True)
 
 
+def _torch_iou_paired(a: torch.Tensor, b: torch.Tensor, use_3d: bool) -> torch.Tensor:
+    """(P,) IoU of a[p] with b[p]; pairs whose bounding circles do not touch are 0, as in the matrix."""
+    out = a.new_zeros(a.shape[0])
+    if a.shape[0] == 0:
+        return out
+    # the same touching test as `_torch_touching_pairs`, so that this is exactly the matrix diagonal
+    dist2 = (a[:, 0] - b[:, 0]) ** 2 + (a[:, 1] - b[:, 1]) ** 2
+    reach = 0.5 * torch.hypot(a[:, 3], a[:, 4]) + 0.5 * torch.hypot(b[:, 3], b[:, 4])
+    near = (dist2 <= reach * reach).nonzero(as_tuple=True)[0]
+    if near.numel():
+        out[near] = _torch_iou_pairs(a[near], b[near], use_3d)
+    return out
+
+
+def _box_iou_paired_impl(a, b, backend: str, use_3d: bool):
+    _check_boxes(a, "a")
+    _check_boxes(b, "b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"paired IoU: a has {a.shape[0]} boxes but b has {b.shape[0]}; pairs need equal counts")
+    backend = _resolve_backend(backend, a, b)
+    out_dtype = _float_dtype_like(a)
+    if backend == "numba":
+        a64, b64 = _to_numpy64(a, 7), _to_numpy64(b, 7)
+        iou = _nb.iou_paired(a64, np.cos(a64[:, 6]), np.sin(a64[:, 6]), b64, np.cos(b64[:, 6]), np.sin(b64[:, 6]),
+                             use_3d)
+    else:
+        device = _device_of(a, b)
+        iou = _torch_iou_paired(_to_torch64(a, device, 7), _to_torch64(b, device, 7), use_3d)
+    return _return_like(iou, a, out_dtype)
+
+
+def box_iou_bev_paired(a: ArrayLike, b: ArrayLike, backend: str = "auto") -> ArrayLike:
+    """Rotated BEV IoU of aligned pairs: `(P,)` IoU of `a[p]` with `b[p]` (both `(P, 7+)`).
+
+    Equal to `diagonal(box_iou_bev(a, b))` without evaluating the other pairs.
+    """
+    return _box_iou_paired_impl(a, b, backend, use_3d=False)
+
+
+def box_iou_3d_paired(a: ArrayLike, b: ArrayLike, backend: str = "auto") -> ArrayLike:
+    """Rotated 3D IoU of aligned pairs: `(P,)` IoU of `a[p]` with `b[p]` (both `(P, 7+)`).
+
+    Equal to `diagonal(box_iou_3d(a, b))` without evaluating the other pairs (the Waymo metric's
+    candidate pairs, the CenterPoint IoU branch's decoded-vs-GT targets).
+    """
+    return _box_iou_paired_impl(a, b, backend, use_3d=True)
+
+
 # ----------------------------------------------------------------------------------------------------
 # NMS
 # ----------------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ __all__ = [
     "voxel_centers",
     "point_offsets_to_voxel_center",
     "point_offsets_to_cluster_center",
+    "linear_voxel_key",
 ]
 
 _BACKENDS = ("auto", "numba", "torch")
@@ -122,6 +123,11 @@ class VoxelGrid:
     range_max: np.ndarray  # (3,) float32
     voxel_size: np.ndarray  # (3,) float32
     grid_xyz: tuple  # (nx, ny, nz)
+
+    def centre_constants(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """`(range_min, voxel_size)` as Python floats (the float32 values), for code that torch.export
+        traces in strict mode, where numpy arrays cannot become constants."""
+        return tuple(float(v) for v in self.range_min), tuple(float(v) for v in self.voxel_size)
 
     @property
     def spatial_shape(self) -> tuple:
@@ -324,6 +330,30 @@ def _dynamic_numba(points: np.ndarray, grid: VoxelGrid, batch_index: np.ndarray 
 # ----------------------------------------------------------------------------------------- torch
 
 
+def linear_voxel_key(coords, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Row-major linear key of integer voxel coordinates, the one definition used by voxelization,
+    the backbones' neighbour / pooling look-ups and the BEV scatter.
+
+    coords: an integer tensor `(..., D)` or a sequence of D broadcastable integer tensors, slowest
+    axis first, e.g. `(z, y, x)` or `(batch, z, y, x)`; spatial_shape: the grid sizes of the last
+    `len(spatial_shape)` axes. A leading extra axis (the batch) is unbounded. For `(b, z, y, x)` and
+    `(nz, ny, nx)` the key is `((b * nz + z) * ny + y) * nx + x`; for `(z, y, x)` it is
+    `(z * ny + y) * nx + x`. The dtype is the coordinates' (callers widen to int64 where it can grow);
+    plain tensor arithmetic, so ONNX export traces it.
+    """
+    columns = coords.unbind(-1) if isinstance(coords, torch.Tensor) else tuple(coords)
+    sizes = tuple(int(s) for s in spatial_shape)
+    if len(columns) == len(sizes):
+        sizes = sizes[1:]  # the slowest axis's own size does not enter the key
+    elif len(columns) != len(sizes) + 1:
+        raise ValueError(f"linear_voxel_key: {len(columns)} coordinate columns for a {len(sizes)}-D "
+                         f"spatial_shape {sizes}; expected {len(sizes)} or {len(sizes) + 1} (with batch)")
+    key = columns[0]
+    for column, size in zip(columns[1:], sizes):
+        key = key * size + column
+    return key
+
+
 def _torch_keys(points: torch.Tensor, grid: VoxelGrid):
     """(N,) int64 linear key (z * ny + y) * nx + x, -1 outside; and the number of non-finite points."""
     device = points.device
@@ -335,8 +365,8 @@ def _torch_keys(points: torch.Tensor, grid: VoxelGrid):
     finite = torch.isfinite(xyz).all(dim=1)
     inside = finite & ((index >= 0) & (index < shape)).all(dim=1)
     index = torch.where(inside[:, None], index, torch.zeros_like(index)).to(torch.int64)
-    nx, ny, _ = grid.grid_xyz
-    keys = (index[:, 2] * ny + index[:, 1]) * nx + index[:, 0]
+    nx, ny, nz = grid.grid_xyz
+    keys = linear_voxel_key((index[:, 2], index[:, 1], index[:, 0]), (nz, ny, nx))
     keys = torch.where(inside, keys, torch.full_like(keys, -1))
     return keys, int((~finite).sum())
 
@@ -510,16 +540,20 @@ def voxel_reduce(point_features, point_voxel, num_voxels: int, reduce: str = "me
     return op(point_features, index, num_voxels + 1)[:num_voxels]
 
 
-def voxel_centers(coords, voxel_size, point_range) -> torch.Tensor:
-    """Metric xyz centre of each voxel: coords (V, 3) (z, y, x) or (V, 4) (batch, z, y, x) -> (V, 3) float32."""
-    grid = voxel_grid(voxel_size, point_range)
+def voxel_centers(coords, voxel_size=None, point_range=None, *, constants=None) -> torch.Tensor:
+    """Metric xyz centre of each voxel: coords (V, 3) (z, y, x) or (V, 4) (batch, z, y, x) -> (V, 3) float32.
+
+    constants: instead of the two, `voxel_grid(voxel_size, point_range).centre_constants()` made beforehand
+    (the VFE passes it: the validation is numpy code that torch.export's strict mode cannot trace).
+    """
+    low, size = constants if constants is not None else voxel_grid(voxel_size, point_range).centre_constants()
     if isinstance(coords, np.ndarray):
         coords = torch.from_numpy(coords)
     if not isinstance(coords, torch.Tensor) or coords.ndim != 2 or coords.shape[1] not in (3, 4):
         raise ValueError(f"coords: expected (V, 3) zyx or (V, 4) bzyx, got {getattr(coords, 'shape', type(coords))}")
     xyz_index = coords[:, -3:].flip(1).to(torch.float32)
-    low = torch.from_numpy(grid.range_min).to(coords.device)
-    size = torch.from_numpy(grid.voxel_size).to(coords.device)
+    low = torch.tensor(low, dtype=torch.float32, device=coords.device)  # exact: the floats are float32 values
+    size = torch.tensor(size, dtype=torch.float32, device=coords.device)
     return low + (xyz_index + 0.5) * size
 
 
@@ -535,16 +569,21 @@ def _point_xyz_and_index(points, point_voxel):
     return points[:, :3], point_voxel.to(device=points.device, dtype=torch.int64)
 
 
-def point_offsets_to_voxel_center(points, point_voxel, coords, voxel_size, point_range) -> torch.Tensor:
+def point_offsets_to_voxel_center(points, point_voxel, coords, voxel_size=None, point_range=None, *,
+                                  constants=None) -> torch.Tensor:
     """xyz of each point minus the centre of its voxel: (N, 3) (0 for points with point_voxel == -1).
 
-    PointPillars / DynamicVFE's `f_center` decoration. coords: (V, 3) zyx or (V, 4) bzyx.
+    PointPillars / DynamicVFE's `f_center` decoration. coords: (V, 3) zyx or (V, 4) bzyx; the grid is
+    `voxel_size` + `point_range` or ready `constants` (see `voxel_centers`).
     """
     xyz, index = _point_xyz_and_index(points, point_voxel)
-    centers = voxel_centers(coords, voxel_size, point_range).to(xyz.device, xyz.dtype)
-    valid = index >= 0
-    offsets = xyz - centers[index.clamp(min=0)] if centers.shape[0] else torch.zeros_like(xyz)
-    return torch.where(valid[:, None], offsets, torch.zeros_like(offsets))
+    centers = voxel_centers(coords, voxel_size, point_range, constants=constants).to(xyz.device, xyz.dtype)
+    # dropped points (-1) gather from an extra zero row and are masked out: no branch on the voxel count
+    # (the VFE's exported graph keeps it symbolic)
+    centers = torch.cat([centers, centers.new_zeros(1, 3)])
+    dump = torch.where(index >= 0, index, torch.full_like(index, centers.shape[0] - 1))
+    offsets = xyz - centers[dump]
+    return torch.where((index >= 0)[:, None], offsets, torch.zeros_like(offsets))
 
 
 def point_offsets_to_cluster_center(points, point_voxel, num_voxels: int) -> torch.Tensor:
@@ -553,7 +592,15 @@ def point_offsets_to_cluster_center(points, point_voxel, num_voxels: int) -> tor
     PointPillars / DynamicVFE's `f_cluster` decoration (mean over every point of the voxel).
     """
     xyz, index = _point_xyz_and_index(points, point_voxel)
-    means = voxel_reduce(xyz, index, num_voxels, "mean")
-    valid = index >= 0
-    offsets = xyz - means[index.clamp(min=0)] if means.shape[0] else torch.zeros_like(xyz)
-    return torch.where(valid[:, None], offsets, torch.zeros_like(offsets))
+    if not _scatter._is_tracing():  # under export num_voxels is symbolic and the values unknown
+        if isinstance(num_voxels, bool) or not isinstance(num_voxels, (int, np.integer)) or num_voxels < 0:
+            raise ValueError(f"num_voxels: expected an int >= 0, got {num_voxels!r}")
+        num_voxels = int(num_voxels)
+        if index.numel() and (int(index.min()) < -1 or int(index.max()) >= num_voxels):
+            raise ValueError(f"point_voxel: values must be -1 or in [0, {num_voxels})")
+    # dropped points (-1) go to an extra dump segment that is gathered from but masked out: no slicing and
+    # no branch on the voxel count, so the exported graph keeps that count symbolic
+    dump = torch.where(index >= 0, index, torch.full_like(index, num_voxels))
+    means = _scatter.segment_mean(xyz, dump, num_voxels + 1)
+    offsets = xyz - means[dump]
+    return torch.where((index >= 0)[:, None], offsets, torch.zeros_like(offsets))

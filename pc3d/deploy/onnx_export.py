@@ -70,7 +70,6 @@ from torch import nn
 
 from pc3d.models.vfe import VoxelizedPoints
 
-SPCONV_BACKBONES = ("spconv_resnet", "SparseResNetBackbone", "VoxelResBackBone8x")
 DEFAULT_OPSET = 18
 # The opsets torch 2.13's dynamo exporter (with onnx 1.23) writes as asked, measured 18..25; asked for an
 # older one it writes 18 anyway, so those are refused (`export_onnx` also checks the written file).
@@ -188,14 +187,20 @@ def _backbone_type(cfg: dict) -> str:
 
 
 def check_exportable(cfg: dict) -> None:
-    """Raise `ExportError` when the config's network has no ONNX path (the spconv baseline)."""
+    """Raise `ExportError` when the config's 3D backbone has no ONNX path (the table's `exportable` flag in
+    `pc3d.models.backbones_3d.BACKBONES_3D`, so every alias of a type is judged alike). Unknown types are left
+    to the builder, which lists the known ones."""
+    from pc3d.models.backbones_3d import BACKBONES_3D, canonical_backbone_3d
+
     kind = _backbone_type(cfg)
-    if kind in SPCONV_BACKBONES:
-        raise ExportError(
-            f"cannot export backbone_3d type {kind!r} (the spconv sparse-convolution baseline, e.g. "
-            "centerpoint_voxel) to ONNX: spconv's sparse convolutions are custom C++/CUDA kernels with no ONNX "
-            "symbolic and no onnxruntime/TensorRT operator. Export a transformer (dsvt_pillar, dsvt_voxel, "
-            "flatformer, scatterformer, sst) or pillar (identity) config instead.")
+    canonical = canonical_backbone_3d(kind)
+    if canonical is None or BACKBONES_3D[canonical].exportable:
+        return
+    exportable = sorted({name if name.islower() else entry.aliases[0]
+                         for name, entry in BACKBONES_3D.items() if entry.exportable})
+    raise ExportError(f"cannot export backbone_3d type {kind!r} ({canonical}) to ONNX: "
+                      f"{BACKBONES_3D[canonical].export_blocker}. Export a config with backbone_3d type "
+                      f"{', '.join(exportable)} instead.")
 
 
 class ExportableDetector(nn.Module):

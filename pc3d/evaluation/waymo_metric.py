@@ -29,10 +29,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numba
 import numpy as np
 import torch
 
+from pc3d.ops.box_geometry import box_iou_3d_paired
 from pc3d.structures import Boxes3D, check_ground_truth
 
 WAYMO_TYPES = ("VEHICLE", "PEDESTRIAN", "SIGN", "CYCLIST")       # official breakdown order
@@ -110,95 +110,17 @@ def mean_average_precision(precisions: Sequence[float], recalls: Sequence[float]
     return float(area)
 
 
-@numba.njit(cache=True, nogil=True)
-def _clip_polygon(poly_x, poly_y, count, ax, ay, bx, by, out_x, out_y):
-    """Keep the part of a polygon left of the directed line a->b (Sutherland-Hodgman step)."""
-    n_out = 0
-    for i in range(count):
-        j = (i + 1) % count
-        px, py, qx, qy = poly_x[i], poly_y[i], poly_x[j], poly_y[j]
-        side_p = (bx - ax) * (py - ay) - (by - ay) * (px - ax)
-        side_q = (bx - ax) * (qy - ay) - (by - ay) * (qx - ax)
-        if side_p >= 0:
-            out_x[n_out] = px
-            out_y[n_out] = py
-            n_out += 1
-        if (side_p >= 0) != (side_q >= 0):
-            t = side_p / (side_p - side_q)
-            out_x[n_out] = px + t * (qx - px)
-            out_y[n_out] = py + t * (qy - py)
-            n_out += 1
-    return n_out
-
-
-@numba.njit(cache=True, nogil=True)
-def _paired_iou_3d(a, b):
-    """(P,) 3D IoU of row i of `a` (P, 7) with row i of `b` (P, 7): rotated BEV intersection area
-    times the z overlap over the union of volumes. Coordinates are taken relative to box a's centre
-    so that float error does not grow with the distance to the origin."""
-    n = a.shape[0]
-    out = np.zeros(n)
-    poly_x = np.empty(16)
-    poly_y = np.empty(16)
-    tmp_x = np.empty(16)
-    tmp_y = np.empty(16)
-    sx = np.array([0.5, -0.5, -0.5, 0.5])
-    sy = np.array([0.5, 0.5, -0.5, -0.5])
-    for k in range(n):
-        za0, za1 = a[k, 2] - a[k, 5] / 2, a[k, 2] + a[k, 5] / 2
-        zb0, zb1 = b[k, 2] - b[k, 5] / 2, b[k, 2] + b[k, 5] / 2
-        dz = min(za1, zb1) - max(za0, zb0)
-        vol_a = a[k, 3] * a[k, 4] * a[k, 5]
-        vol_b = b[k, 3] * b[k, 4] * b[k, 5]
-        if dz <= 0 or vol_a <= 0 or vol_b <= 0:
-            continue
-        ca, sa = np.cos(a[k, 6]), np.sin(a[k, 6])
-        cb, sb = np.cos(b[k, 6]), np.sin(b[k, 6])
-        ox, oy = a[k, 0], a[k, 1]
-        # polygon = rectangle a (counter-clockwise), clipped by the 4 edges of rectangle b
-        for i in range(4):
-            lx, ly = sx[i] * a[k, 3], sy[i] * a[k, 4]
-            poly_x[i] = ca * lx - sa * ly
-            poly_y[i] = sa * lx + ca * ly
-        count = 4
-        for i in range(4):
-            j = (i + 1) % 4
-            lx0, ly0 = sx[i] * b[k, 3], sy[i] * b[k, 4]
-            lx1, ly1 = sx[j] * b[k, 3], sy[j] * b[k, 4]
-            ax_ = b[k, 0] - ox + cb * lx0 - sb * ly0
-            ay_ = b[k, 1] - oy + sb * lx0 + cb * ly0
-            bx_ = b[k, 0] - ox + cb * lx1 - sb * ly1
-            by_ = b[k, 1] - oy + sb * lx1 + cb * ly1
-            count = _clip_polygon(poly_x, poly_y, count, ax_, ay_, bx_, by_, tmp_x, tmp_y)
-            for m in range(count):
-                poly_x[m] = tmp_x[m]
-                poly_y[m] = tmp_y[m]
-            if count < 3:
-                break
-        if count < 3:
-            continue
-        area = 0.0
-        for i in range(count):
-            j = (i + 1) % count
-            area += poly_x[i] * poly_y[j] - poly_x[j] * poly_y[i]
-        inter = abs(area) / 2 * dz
-        union = vol_a + vol_b - inter
-        if union > 0:
-            out[k] = min(max(inter / union, 0.0), 1.0)
-    return out
-
-
 def paired_iou_3d(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """`(P,)` 3D IoU of aligned pairs `boxes_a[i]`, `boxes_b[i]` (both `(P, 7+)`).
 
-    `pc3d.ops.box_geometry.box_iou_3d` gives the dense `(N, M)` matrix; the metric only needs the
-    few nearby pairs, so it evaluates them one-to-one here (same definition, checked against it).
+    The metric only needs the few nearby pairs, so it evaluates them one-to-one with the shared op
+    `pc3d.ops.box_geometry.box_iou_3d_paired` (the diagonal of the dense `box_iou_3d`).
     """
     a = np.ascontiguousarray(np.asarray(boxes_a, dtype=np.float64)[:, :7])
     b = np.ascontiguousarray(np.asarray(boxes_b, dtype=np.float64)[:, :7])
     if a.shape != b.shape:
         raise ValueError(f"boxes_a {a.shape} and boxes_b {b.shape} must have the same shape")
-    return _paired_iou_3d(a, b)
+    return box_iou_3d_paired(a, b, backend="numba")
 
 
 def _to_numpy(t, dtype) -> np.ndarray | None:

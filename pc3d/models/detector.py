@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pc3d.models.backbones_2d import build_backbone_2d
+from pc3d.models.backbones_3d.identity import IdentityBackbone3D  # noqa: F401 (PointPillars' "no 3D backbone")
 from pc3d.models.heads.centerpoint import HeadPrediction, build_head
 from pc3d.models.to_bev import build_to_bev
 from pc3d.models.vfe import VoxelizedPoints, Voxelizer, build_vfe
@@ -50,33 +51,14 @@ class DetectorLoss:
         return {"total": float(self.total.detach()), **{k: float(v.detach()) for k, v in self.parts.items()}}
 
 
-class IdentityBackbone3D(nn.Module):
-    """No 3D backbone (PointPillars-style): the VFE features go straight to the BEV scatter."""
-
-    def __init__(self, in_channels: int):
-        super().__init__()
-        self.out_channels = in_channels
-
-    def forward(self, voxels: SparseVoxels) -> SparseVoxels:
-        return voxels
-
-
-# Lower-case names used in pc3d configs -> type names registered in `pc3d.models.backbones_3d`.
-BACKBONE_3D_ALIASES = {
-    "dsvt_pillar": "DSVT-P", "dsvt_voxel": "DSVT-V", "flatformer": "FlatFormer", "scatterformer": "ScatterFormer",
-    "sst": "SST", "spconv_resnet": "SparseResNetBackbone",
-}
-
-
 def _build_backbone_3d(cfg: dict | None, in_channels: int) -> nn.Module:
+    from pc3d.models.backbones_3d import build_backbone_3d, canonical_backbone_3d
+
     cfg = dict(cfg or {"type": "identity"})
-    kind = cfg.get("type", "identity")
-    if kind in ("identity", "none"):
-        if set(cfg) - {"type"}:
-            raise ValueError(f"backbone_3d type 'identity' takes no options, got {sorted(set(cfg) - {'type'})}")
-        return IdentityBackbone3D(in_channels)
-    from pc3d.models.backbones_3d import build_backbone_3d
-    cfg["type"] = BACKBONE_3D_ALIASES.get(kind, kind)
+    kind = canonical_backbone_3d(cfg.get("type", "identity")) or cfg.get("type")
+    if kind == "identity" and set(cfg) - {"type"}:
+        raise ValueError(f"backbone_3d type 'identity' takes no options, got {sorted(set(cfg) - {'type'})}")
+    cfg["type"] = kind  # unknown names reach build_backbone_3d, which lists the table
     if "in_channels" in cfg and int(cfg["in_channels"]) != in_channels:
         raise ValueError(f"backbone_3d.in_channels is {cfg['in_channels']} but the VFE outputs {in_channels}")
     cfg["in_channels"] = in_channels  # the VFE decides the input width

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pc3d.ops.partition.windows import is_exporting
+from pc3d.ops.voxelize import linear_voxel_key
 from pc3d.structures import SparseVoxels
 
 
@@ -26,8 +27,8 @@ def scatter_to_dense(voxels: SparseVoxels) -> torch.Tensor:
     coords = voxels.coords.long()
     # written channel-major: (C, B * cells) -> (B, C, nz, ny, nx) is a view for B = 1 (no transposing copy
     # of the whole grid, which cost more than the scatter itself on large BEV grids)
-    cells = ((coords[:, 1] * ny + coords[:, 2]) * nx + coords[:, 3])
-    flat = coords[:, 0] * (nz * ny * nx) + cells
+    cells = linear_voxel_key(coords[:, 1:], voxels.spatial_shape)
+    flat = linear_voxel_key(coords, voxels.spatial_shape)
     if voxels.batch_size == 1 and not is_exporting():  # the export keeps the row-major scatter it was tested with
         dense = features.new_zeros(channels, nz * ny * nx)
         dense = dense.index_copy(1, cells, features.t())

@@ -171,6 +171,8 @@ class DynamicPointNetVFE(nn.Module):
             raise ValueError("vfe.channels must list at least one width")
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.point_range = tuple(float(v) for v in point_range)
+        # validated once, outside forward (see `pc3d.ops.voxelize.voxel_centers`)
+        self._centre_constants = _voxelize.voxel_grid(self.voxel_size, self.point_range).centre_constants()
         self.use_cluster_center = use_cluster_center
         self.use_voxel_center = use_voxel_center
         self.with_distance = with_distance
@@ -188,14 +190,10 @@ class DynamicPointNetVFE(nn.Module):
         xyz = points[:, :3]
         parts = [points]
         if self.use_cluster_center:
-            mean = _scatter.segment_mean(xyz, point_voxel, voxelized.num_voxels)
-            parts.append(xyz - mean[point_voxel])
+            parts.append(_voxelize.point_offsets_to_cluster_center(xyz, point_voxel, voxelized.num_voxels))
         if self.use_voxel_center:
-            zyx = voxelized.coords[:, 1:].to(xyz.dtype)[point_voxel]
-            size = xyz.new_tensor(self.voxel_size)
-            low = xyz.new_tensor(self.point_range[:3])
-            centre = (zyx.flip(1) + 0.5) * size + low
-            parts.append(xyz - centre)
+            parts.append(_voxelize.point_offsets_to_voxel_center(xyz, point_voxel, voxelized.coords,
+                                                                 constants=self._centre_constants))
         if self.with_distance:
             parts.append(torch.linalg.norm(xyz, dim=1, keepdim=True))
         return torch.cat(parts, dim=1)

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shapely.geometry import Polygon
 
-from pc3d.ops.box_geometry import (box_iou_3d, box_iou_bev, boxes_to_corners_3d, count_points_in_boxes,
-                                   nms_circle, nms_rotated, points_in_boxes)
+from pc3d.ops.box_geometry import (box_iou_3d, box_iou_3d_paired, box_iou_bev, box_iou_bev_paired,
+                                   boxes_to_corners_3d, count_points_in_boxes, nms_circle, nms_rotated,
+                                   points_in_boxes)
 
 BACKENDS = ["numba", "torch"]
 # PC3D_HYPOTHESIS_EXAMPLES=3000 for a long soak run (checked once at 3000 during development)
@@ -184,6 +185,55 @@ def test_zero_size_boxes_give_zero_iou(backend):
     thin = np.array([[0.0, 0.0, 0.0, 2.0, 2.0, 0.0, 0.0]])  # zero height: BEV fine, 3D IoU 0
     assert box_iou_bev(box, thin, backend=backend)[0, 0] == pytest.approx(1.0)
     assert box_iou_3d(box, thin, backend=backend)[0, 0] == 0.0
+
+
+def _paired_cases(rng, n):
+    """Random pairs near each other plus degenerate ones: identical, zero-size, zero-height, touching
+    edges, 90-degree turns, far from the origin, disjoint."""
+    a = random_boxes(rng, n)
+    b = a.copy()
+    b[:, :3] += rng.normal(0.0, 1.0, (n, 3))
+    b[:, 3:6] *= rng.uniform(0.5, 1.5, (n, 3))
+    b[:, 6] += rng.normal(0.0, 0.5, n)
+    b[0] = a[0]                                        # identical
+    b[1, 3] = 0.0                                      # zero length
+    b[2, 3:6] = 0.0                                    # point box
+    b[3, 5] = 0.0                                      # zero height
+    b[4] = a[4]; b[4, 6] += math.pi / 2                # turned about the same centre
+    b[5] = a[5]; b[5, 6] += math.pi                    # same rectangle
+    c, s = math.cos(a[6, 6]), math.sin(a[6, 6])
+    b[6] = a[6]; b[6, :2] += a[6, 4] * np.array([-s, c])  # touching along the long edge
+    b[7] = a[7]; b[7, 0] += 1e3                        # disjoint
+    b[8] = a[8]; b[8, 2] += a[8, 5]                    # stacked in z
+    a[9, :2] += 1e4; b[9] = a[9]; b[9, 6] += 0.3       # far from the origin
+    return a, b
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paired_iou_is_the_matrix_diagonal(backend):
+    rng = np.random.default_rng(7)
+    a, b = _paired_cases(rng, 60)
+    for paired, dense in ((box_iou_bev_paired, box_iou_bev), (box_iou_3d_paired, box_iou_3d)):
+        result = paired(a, b, backend=backend)
+        assert result.shape == (60,) and result.dtype == np.float64
+        np.testing.assert_array_equal(result, np.diagonal(dense(a, b, backend=backend)))
+        assert (result > 0).sum() > 30 and (result == 0).sum() >= 4  # both overlapping and zero cases
+        as_torch = paired(torch.from_numpy(a).float(), torch.from_numpy(b).float(), backend=backend)
+        assert isinstance(as_torch, torch.Tensor) and as_torch.dtype == torch.float32
+        np.testing.assert_array_equal(as_torch.numpy(),
+                                      np.diagonal(dense(a.astype(np.float32), b.astype(np.float32),
+                                                        backend=backend)))
+    assert box_iou_3d_paired(a, b, backend="numba") == pytest.approx(box_iou_3d_paired(a, b, backend="torch"),
+                                                                     abs=1e-9)
+    assert box_iou_3d_paired(a[:0], b[:0], backend=backend).shape == (0,)
+
+
+def test_paired_iou_rejects_bad_input():
+    a = np.zeros((3, 7))
+    with pytest.raises(ValueError, match="3 boxes but b has 2"):
+        box_iou_3d_paired(a, np.zeros((2, 7)))
+    with pytest.raises(ValueError, match="b contains NaN"):
+        box_iou_bev_paired(a, np.full((3, 7), np.nan))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -410,3 +410,23 @@ def test_ten_million_points(backend):
     assert_hard_equal(out, expected)
     dyn = dynamic_voxelize(points, **config, backend=backend)
     assert int(dyn.counts.sum()) == int((dyn.point_voxel >= 0).sum())
+
+
+def test_linear_voxel_key_is_row_major_with_optional_batch():
+    from pc3d.ops.voxelize import linear_voxel_key
+    gen = torch.Generator().manual_seed(0)
+    nz, ny, nx = 3, 5, 7
+    b, z, y, x = (torch.randint(0, n, (50,), generator=gen) for n in (4, nz, ny, nx))
+    coords = torch.stack([b, z, y, x], dim=1)
+    expected = ((b * nz + z) * ny + y) * nx + x
+    assert torch.equal(linear_voxel_key(coords, (nz, ny, nx)), expected)
+    assert torch.equal(linear_voxel_key(coords[:, 1:], (nz, ny, nx)), (z * ny + y) * nx + x)
+    # every cell of one batch gets a distinct key, in C order
+    grid = torch.stack(torch.meshgrid(torch.arange(nz), torch.arange(ny), torch.arange(nx), indexing="ij"), -1)
+    assert torch.equal(linear_voxel_key(grid.reshape(-1, 3), (nz, ny, nx)), torch.arange(nz * ny * nx))
+    # a sequence of broadcastable columns, as the neighbour look-up passes them; the dtype is kept
+    shifted = linear_voxel_key((b[:, None], z[:, None], y[:, None] + torch.tensor([0, 1]), x[:, None]), (nz, ny, nx))
+    assert shifted.shape == (50, 2) and torch.equal(shifted[:, 1] - shifted[:, 0], torch.full((50,), nx))
+    assert linear_voxel_key(coords.int(), (nz, ny, nx)).dtype == torch.int32
+    with pytest.raises(ValueError, match="2 coordinate columns for a 3-D spatial_shape"):
+        linear_voxel_key(coords[:, :2], (nz, ny, nx))

@@ -31,6 +31,7 @@ from torch import nn
 from pc3d.models.attention import LearnedPositionEmbedding, PaddedGroupLayer
 from pc3d.ops.partition.rotated_sets import rotated_set_pair
 from pc3d.ops.partition.windows import sorted_segments
+from pc3d.ops.voxelize import linear_voxel_key
 from pc3d.structures import SparseVoxels
 
 from ._common import as_int_tuple, check_voxels, per_stage
@@ -193,10 +194,10 @@ class DSVT(nn.Module):
         b, z, y, x_ = coords.unbind(1)
         pz, py, px = z // sz, y // sy, x_ // sx
         if self.voxel_order == "xyz":  # the reference's order of pooled voxels: batch, then x, y, z
-            parent_id = ((b * new_shape[2] + px) * new_shape[1] + py) * new_shape[0] + pz
+            parent_id = linear_voxel_key((b, px, py, pz), new_shape[::-1])
         else:
-            parent_id = ((b * new_shape[0] + pz) * new_shape[1] + py) * new_shape[2] + px
-        child = ((x_ % sx) * sy + (y % sy)) * sz + (z % sz)  # DSVT's x-major slot order
+            parent_id = linear_voxel_key((b, pz, py, px), new_shape)
+        child = linear_voxel_key((x_ % sx, y % sy, z % sz), (sx, sy, sz))  # DSVT's x-major slot order
         seg = sorted_segments(parent_id)
         parent = torch.empty_like(seg.segment)
         parent[seg.order] = seg.segment

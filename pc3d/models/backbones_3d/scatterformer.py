@@ -19,6 +19,7 @@ from torch import nn
 
 from pc3d.models.attention import FeedForward, ScatteredLinearAttention
 from pc3d.ops.partition.scattered_windows import scattered_windows
+from pc3d.ops.voxelize import linear_voxel_key
 from pc3d.structures import SparseVoxels
 
 from ._common import as_int_tuple, check_voxels
@@ -34,14 +35,14 @@ def neighbor_index(coords: torch.Tensor, spatial_shape, offsets: list[tuple[int,
     v = c.shape[0]
     if v == 0:
         return torch.zeros(0, len(offsets), dtype=torch.long, device=c.device)
-    key = ((c[:, 0] * nz + c[:, 1]) * ny + c[:, 2]) * nx + c[:, 3]
+    key = linear_voxel_key(c, spatial_shape)
     sorted_key, order = torch.sort(key)
     dy = torch.tensor([o[0] for o in offsets], device=c.device)
     dx = torch.tensor([o[1] for o in offsets], device=c.device)
     y = c[:, 2:3] + dy[None]
     x = c[:, 3:4] + dx[None]
     inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
-    target = ((c[:, 0:1] * nz + c[:, 1:2]) * ny + y) * nx + x
+    target = linear_voxel_key((c[:, 0:1], c[:, 1:2], y, x), spatial_shape)
     pos = torch.searchsorted(sorted_key, target).clamp(max=v - 1)
     found = inside & (sorted_key[pos] == target)
     return torch.where(found, order[pos], torch.full_like(pos, v))

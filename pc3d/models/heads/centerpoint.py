@@ -210,8 +210,8 @@ class CenterPointHead(nn.Module):
                                     geometry)[:, :7]
         gt = target.boxes[mask]
         with torch.no_grad():
-            # The pairwise matrix is sparse-evaluated by the op (only touching pairs); keep its diagonal.
-            iou = torch.diagonal(torch.as_tensor(box_geometry.box_iou_3d(decoded, gt))).to(decoded)
+            # decoded box i against its own GT box i only (the diagonal of the dense matrix)
+            iou = torch.as_tensor(box_geometry.box_iou_3d_paired(decoded, gt)).to(decoded)
         pred_iou = gather_at(pred.iou, target.index)[mask][:, 0]
         return (pred_iou - (2 * iou - 1)).abs().sum() / mask.sum().clamp(min=1)
 
